@@ -1,0 +1,208 @@
+/* libdynstack — dynamic (grow-on-fault) stacks for user-space coroutines.
+ *
+ * The one public header. Every call that can fail returns 0 or a negative
+ * errno value and never touches errno; constructors return their object
+ * through an out-parameter that is set to NULL on failure.
+ *
+ * SPDX-License-Identifier: MIT
+ */
+#ifndef DYNSTACK_H
+#define DYNSTACK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define DYNSTACK_API __attribute__((visibility("default")))
+#else
+#define DYNSTACK_API
+#endif
+
+#define DYNSTACK_VERSION_MAJOR 0
+#define DYNSTACK_VERSION_MINOR 1
+#define DYNSTACK_VERSION_PATCH 0
+
+/* Default reservation of a stack (the kernel's THREAD_SIZE on arm64). */
+#define DYNSTACK_DEFAULT_SIZE (16u * 1024u)
+/* Largest reservation a single stack may ask for. */
+#define DYNSTACK_MAX_SIZE ((size_t)1 << 30)
+/* Smallest per-thread sync (alternate signal) stack the library accepts. */
+#define DYNSTACK_MIN_SYNC_STACK (64u * 1024u)
+/* Longest stack name kept (longer names are truncated). */
+#define DYNSTACK_NAME_MAX 31
+
+/* ---------------------------------------------------------------------- */
+/* Process-wide set-up                                                     */
+
+typedef enum dynstack_backend {
+	DYNSTACK_BACKEND_AUTO = 0, /* guard where the kernel has it, else mprotect */
+	DYNSTACK_BACKEND_GUARD,	   /* MADV_GUARD_INSTALL/REMOVE, Linux >= 6.13 */
+	DYNSTACK_BACKEND_MPROTECT, /* PROT_NONE + mprotect, any Linux; ~32k stacks */
+} dynstack_backend_t;
+
+typedef struct dynstack_config {
+	size_t struct_size;	    /* sizeof(dynstack_config_t), set by _init */
+	dynstack_backend_t backend; /* DYNSTACK_BACKEND=guard|mprotect overrides */
+	size_t default_size;	    /* reservation when attr.size == 0 */
+	size_t sync_stack_size;	    /* per-thread alternate stack, >= 64 KiB */
+	int stats_at_exit;	    /* print counters to stderr at exit (DYNSTACK_STATS=1) */
+} dynstack_config_t;
+
+/* Fill *cfg with the defaults. Returns -EINVAL for NULL. */
+DYNSTACK_API int dynstack_config_init(dynstack_config_t *cfg);
+
+/* Set the library up for the whole process: choose the commit backend and
+ * install the SIGSEGV/SIGBUS handler (SA_SIGINFO|SA_ONSTACK). cfg may be
+ * NULL for the defaults; DYNSTACK_* environment variables are applied on top
+ * of cfg either way (DYNSTACK_BACKEND, DYNSTACK_SIZE, DYNSTACK_STATS).
+ *
+ * Idempotent: a later call returns 0 and changes nothing, except that it
+ * re-installs the handler if somebody replaced it since (the replacement
+ * becomes the handler that foreign faults are passed to). A later call whose
+ * cfg asks for a different backend than the active one returns -EBUSY.
+ * -EOPNOTSUPP: the guard backend was asked for and the kernel lacks it.
+ * Called implicitly by the first create. */
+DYNSTACK_API int dynstack_init(const dynstack_config_t *cfg);
+
+/* Name of the active backend ("guard", "mprotect"), or "none" before init. */
+DYNSTACK_API const char *dynstack_backend_name(void);
+
+/* The calling thread's sync stack: an alternate signal stack of at least
+ * config.sync_stack_size bytes with a guard page below it, on which the
+ * fault handler runs. Done lazily by the first create or resume on a
+ * thread; a runtime that switches to our stacks with its own code must call
+ * it on every thread that does. An existing alternate stack that is big
+ * enough is kept. Returns 0, -ENOMEM, or -EBUSY if the thread is running on
+ * its current alternate stack. */
+DYNSTACK_API int dynstack_thread_init(void);
+/* Remove and free the sync stack installed by dynstack_thread_init on this
+ * thread (a kept, foreign alternate stack is left alone). Also run
+ * automatically when the thread exits. */
+DYNSTACK_API void dynstack_thread_fini(void);
+
+/* ---------------------------------------------------------------------- */
+/* Stacks                                                                  */
+
+typedef struct dynstack dynstack_t;
+
+typedef struct dynstack_attr {
+	size_t struct_size; /* sizeof(dynstack_attr_t), set by _init */
+	size_t size;	    /* reservation (THREAD_SIZE); 0 = config default */
+	size_t initial;	    /* bytes committed at creation; 0 = one page */
+	const char *name;   /* copied (truncated to DYNSTACK_NAME_MAX); may be NULL */
+} dynstack_attr_t;
+
+/* Fill *attr with the defaults. Returns -EINVAL for NULL. */
+DYNSTACK_API int dynstack_attr_init(dynstack_attr_t *attr);
+
+/* Reserve a stack of attr->size usable bytes (rounded up to pages), commit
+ * the top attr->initial bytes, and place at least one never-committed guard
+ * page below it. attr may be NULL for the defaults.
+ * -EINVAL: out is NULL, size above DYNSTACK_MAX_SIZE, initial > size,
+ * struct_size unknown. -ENOMEM: no address space, or the mprotect backend
+ * reached vm.max_map_count. */
+DYNSTACK_API int dynstack_create(dynstack_t **out, const dynstack_attr_t *attr);
+/* Release a stack and all its pages. NULL is a no-op returning 0. -EINVAL
+ * for a stack already destroyed, -EBUSY for a stack owned by a coroutine
+ * (destroy the coroutine instead). */
+DYNSTACK_API int dynstack_destroy(dynstack_t *stack);
+
+/* Initial stack pointer (16-byte aligned, the top of the reservation). */
+DYNSTACK_API void *dynstack_top(const dynstack_t *stack);
+/* Usable reservation in bytes (the guard page is not included). */
+DYNSTACK_API size_t dynstack_size(const dynstack_t *stack);
+/* Bytes currently committed (accessible) at the top of the stack. */
+DYNSTACK_API size_t dynstack_committed(const dynstack_t *stack);
+/* Largest number of bytes ever committed on this stack. */
+DYNSTACK_API size_t dynstack_peak(const dynstack_t *stack);
+/* Name given at creation ("" when none), and a process-unique id. */
+DYNSTACK_API const char *dynstack_name(const dynstack_t *stack);
+DYNSTACK_API uint64_t dynstack_id(const dynstack_t *stack);
+/* All of these return 0 / NULL / "" for a NULL stack. */
+
+/* ---------------------------------------------------------------------- */
+/* Coroutines (asymmetric)                                                 */
+
+typedef struct dynstack_coro dynstack_coro_t;
+typedef void (*dynstack_coro_fn)(void *arg);
+
+typedef enum dynstack_coro_status {
+	DYNSTACK_CORO_SUSPENDED = 1, /* created or yielded: may be resumed */
+	DYNSTACK_CORO_RUNNING = 2,   /* running on some thread now */
+	DYNSTACK_CORO_NORMAL = 3,    /* resumed another coroutine, waits for it */
+	DYNSTACK_CORO_DEAD = 4,	     /* its function returned */
+} dynstack_coro_status_t;
+
+/* Create a suspended coroutine that will run fn(arg) on a new dynamic stack
+ * (attr as for dynstack_create). */
+DYNSTACK_API int dynstack_coro_create(dynstack_coro_t **out, dynstack_coro_fn fn, void *arg,
+				      const dynstack_attr_t *attr);
+/* Run c until it yields or returns. It may be resumed from any OS thread,
+ * never from two at once. -EINVAL: NULL or dead; -EBUSY: already running
+ * (or resumed from inside itself); -ENOMEM: no sync stack for this thread. */
+DYNSTACK_API int dynstack_coro_resume(dynstack_coro_t *c);
+/* Suspend the running coroutine, back to whoever resumed it. -EPERM when
+ * called outside a coroutine. */
+DYNSTACK_API int dynstack_coro_yield(void);
+/* A dynstack_coro_status_t value, or -EINVAL for NULL. */
+DYNSTACK_API int dynstack_coro_status(const dynstack_coro_t *c);
+/* Free a coroutine that is suspended or dead (its stack goes with it).
+ * NULL is a no-op returning 0; -EBUSY while it is running or normal. */
+DYNSTACK_API int dynstack_coro_destroy(dynstack_coro_t *c);
+/* The coroutine's stack (owned by the coroutine), NULL for NULL. */
+DYNSTACK_API dynstack_t *dynstack_coro_stack(const dynstack_coro_t *c);
+/* The coroutine running on this thread, or NULL. */
+DYNSTACK_API dynstack_coro_t *dynstack_coro_current(void);
+
+/* ---------------------------------------------------------------------- */
+/* Statistics, in /proc/vmstat style                                       */
+
+/* X(name, kind, description): every counter is declared once here; the
+ * struct, dynstack_stats_print and docs/api.md come from this list.
+ * kind is "gauge" (current value) or "event" (count since init). */
+#define DYNSTACK_STATS_COUNTERS(X)                                                                 \
+	X(nr_dynamic_stacks, gauge, "live stacks")                                                 \
+	X(nr_dynamic_stacks_pages, gauge, "pages committed on live stacks")                        \
+	X(nr_dynamic_stacks_faults, event, "faults that committed pages")                          \
+	X(nr_dynamic_stacks_spurious, event, "faults on pages already committed (retried)")        \
+	X(nr_dynamic_stacks_overflows, event, "faults on a guard page (reported)")                  \
+	X(nr_dynamic_stacks_commit_failed, event, "commits the kernel refused (reported)")         \
+	X(nr_dynamic_stacks_foreign, event, "faults not ours, passed to the previous handler")     \
+	X(nr_dynamic_stacks_created, event, "stacks created")                                      \
+	X(nr_dynamic_stacks_destroyed, event, "stacks destroyed")                                  \
+	X(nr_dynamic_stacks_arenas, gauge, "arenas reserved")                                      \
+	X(nr_dynamic_stacks_sync_stacks, gauge, "sync stacks installed by the library")            \
+	X(nr_dynamic_stacks_coros, gauge, "live coroutines")
+
+typedef struct dynstack_stats {
+	size_t struct_size; /* set by the caller to sizeof(dynstack_stats_t) */
+	dynstack_backend_t backend;
+	size_t page_size;
+#define DYNSTACK_STATS_FIELD_(name, kind, desc) uint64_t name;
+	DYNSTACK_STATS_COUNTERS(DYNSTACK_STATS_FIELD_)
+#undef DYNSTACK_STATS_FIELD_
+} dynstack_stats_t;
+
+/* Snapshot the counters. st->struct_size must be set (or 0 = current size).
+ * -EINVAL for NULL or a struct_size smaller than the first counter. */
+DYNSTACK_API int dynstack_stats_get(dynstack_stats_t *st);
+/* Write the counters to fd, one "name value" line each, then a
+ * "dynamic_stacks_backend NAME" line. Returns 0 or -errno from write. */
+DYNSTACK_API int dynstack_stats_print(int fd);
+
+/* ---------------------------------------------------------------------- */
+/* Errors and version                                                      */
+
+/* A short message for 0 or any -errno value the library returns. */
+DYNSTACK_API const char *dynstack_strerror(int err);
+/* "MAJOR.MINOR.PATCH" */
+DYNSTACK_API const char *dynstack_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DYNSTACK_H */

@@ -1,0 +1,42 @@
+/* Portable context switch on getcontext/makecontext/swapcontext, for CPUs
+ * without switch.S (-Dswitch=ucontext). About 100 times slower than the
+ * assembly: glibc's swapcontext makes a sigprocmask system call every time.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "ctx.h"
+
+/* makecontext passes only int arguments: each pointer travels as two 32-bit
+ * halves (uint64_t so the shift is defined where pointers are 32 bits). */
+#define HI(p) ((int)(unsigned)((uint64_t)(p) >> 32))
+#define LO(p) ((int)(unsigned)(uint64_t)(p))
+#define JOIN(hi, lo) ((uintptr_t)((uint64_t)(unsigned)(hi) << 32 | (unsigned)(lo)))
+
+/* Runs on the new stack, called by the first swapcontext to it. */
+static void trampoline(int entry_hi, int entry_lo, int arg_hi, int arg_lo)
+{
+	ds_ctx_entry_fn entry = (ds_ctx_entry_fn)JOIN(entry_hi, entry_lo);
+
+	entry((void *)JOIN(arg_hi, arg_lo));
+	/* entry must never return (ctx.h); uc_link is NULL, so returning would
+	 * silently end the whole thread. */
+	abort();
+}
+
+void ds_ctx_make(ds_ctx_t *ctx, void *lo, size_t size, ds_ctx_entry_fn entry, void *arg)
+{
+	/* getcontext only fills in the signal mask and FP state that the new
+	 * context starts with; it cannot fail for a valid pointer. */
+	getcontext(&ctx->uc);
+	ctx->uc.uc_stack.ss_sp = lo;
+	ctx->uc.uc_stack.ss_size = size;
+	ctx->uc.uc_link = NULL;
+	makecontext(&ctx->uc, (void (*)(void))trampoline, 4, HI(entry), LO(entry), HI(arg), LO(arg));
+}
+
+void ds_ctx_switch(ds_ctx_t *from, ds_ctx_t *to)
+{
+	/* Fails only for invalid pointers, which are bugs in the caller. */
+	swapcontext(&from->uc, &to->uc);
+}

@@ -1,0 +1,34 @@
+/* Execution contexts: the one seam between C and the per-CPU switch.
+ * Two implementations: src/arch/<cpu>/switch.S + ctx-asm.c (the default on
+ * x86-64 and aarch64) and ctx-ucontext.c (portable fallback, -Dswitch=ucontext).
+ */
+#ifndef DS_CTX_H
+#define DS_CTX_H
+
+#include <stddef.h>
+
+#if defined(DS_SWITCH_UCONTEXT)
+#include <ucontext.h>
+typedef struct ds_ctx {
+	ucontext_t uc;
+} ds_ctx_t;
+#else
+typedef struct ds_ctx {
+	void *sp; /* saved stack pointer; the callee-saved state lies above it */
+} ds_ctx_t;
+#endif
+
+typedef void (*ds_ctx_entry_fn)(void *arg);
+
+/* Prepare ctx so that the first ds_ctx_switch() to it runs entry(arg) on the
+ * stack [lo, lo + size), starting at its top (lo + size must be 16-byte
+ * aligned). Writes only the top few hundred bytes of the stack. entry must
+ * never return: it ends by switching away for the last time. */
+void ds_ctx_make(ds_ctx_t *ctx, void *lo, size_t size, ds_ctx_entry_fn entry, void *arg)
+	__attribute__((visibility("hidden")));
+
+/* Save the callee-saved state of the running context into *from and resume
+ * *to. Returns when somebody switches back to *from. */
+void ds_ctx_switch(ds_ctx_t *from, ds_ctx_t *to) __attribute__((visibility("hidden")));
+
+#endif /* DS_CTX_H */

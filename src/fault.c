@@ -1,0 +1,224 @@
+/* The SIGSEGV/SIGBUS handler: runs on the thread's sync stack (SA_ONSTACK),
+ * never on a green stack. It finds the stack from the fault address alone,
+ * commits, and returns; what is not ours goes to the handler that was there
+ * before, delivered as the kernel would have. Async-signal-safe throughout:
+ * no malloc, no stdio, no locks, errno preserved, bounded work. */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* A fault that keeps coming back on a page we think is committed is not a
+ * commit race but something else (a user mprotect, a pkey): after this many
+ * in a row on one page it is passed on instead of retried forever. */
+#define DS_SPURIOUS_LIMIT 64
+
+static const int fault_signals[2] = { SIGSEGV, SIGBUS };
+
+/* The handlers found at install time, double-buffered: a re-install writes
+ * the idle copy and flips `prev_cur`, so the handler always reads a whole one. */
+static struct sigaction prev_tab[2][2];
+static _Atomic int prev_cur;
+static pthread_mutex_t install_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static DS_TLS uintptr_t spurious_page;
+static DS_TLS unsigned spurious_count;
+
+static void on_fault(int sig, siginfo_t *si, void *uctx);
+
+static int sig_index(int sig)
+{
+	return sig == SIGBUS;
+}
+
+static void describe_stack_sigsafe(struct ds_buf *b, const struct dynstack *s, uintptr_t addr)
+{
+	uintptr_t edge = atomic_load_explicit(&s->edge, memory_order_relaxed);
+	ds_buf_str_sigsafe(b, "stack ");
+	ds_buf_dec_sigsafe(b, s->id);
+	ds_buf_str_sigsafe(b, " \"");
+	ds_buf_str_sigsafe(b, s->name);
+	ds_buf_str_sigsafe(b, "\" (size ");
+	ds_buf_dec_sigsafe(b, s->top - s->lo);
+	ds_buf_str_sigsafe(b, ", committed ");
+	ds_buf_dec_sigsafe(b, s->top - edge);
+	ds_buf_str_sigsafe(b, ", range ");
+	ds_buf_hex_sigsafe(b, s->lo);
+	ds_buf_str_sigsafe(b, "-");
+	ds_buf_hex_sigsafe(b, s->top);
+	ds_buf_str_sigsafe(b, ", fault address ");
+	ds_buf_hex_sigsafe(b, addr);
+	if (addr < s->lo) {
+		ds_buf_str_sigsafe(b, ", ");
+		ds_buf_dec_sigsafe(b, s->lo - addr);
+		ds_buf_str_sigsafe(b, " bytes below the stack");
+	}
+	ds_buf_str_sigsafe(b, ")");
+}
+
+static void report_sigsafe(const char *what, const struct dynstack *s, uintptr_t addr, int err)
+{
+	struct ds_buf b = { .len = 0 };
+	ds_buf_str_sigsafe(&b, "libdynstack: ");
+	ds_buf_str_sigsafe(&b, what);
+	ds_buf_str_sigsafe(&b, " on ");
+	describe_stack_sigsafe(&b, s, addr);
+	if (err) {
+		ds_buf_str_sigsafe(&b, ": ");
+		ds_buf_str_sigsafe(&b, dynstack_strerror(err));
+	}
+	ds_buf_str_sigsafe(&b, "\n");
+	ds_buf_write_sigsafe(&b, STDERR_FILENO);
+}
+
+/* Give sig the default action; for a fault the kernel raised, returning then
+ * re-executes the access, which faults again and dies with a core that holds
+ * the real faulting state. A signal somebody sent is sent again. */
+static void die_by_default_sigsafe(int sig, const siginfo_t *si)
+{
+	struct sigaction dfl;
+	memset(&dfl, 0, sizeof(dfl));
+	dfl.sa_handler = SIG_DFL;
+	sigemptyset(&dfl.sa_mask);
+	ds_os_sigaction(sig, &dfl, NULL);
+	if (si->si_code <= 0)
+		ds_os_raise_sigsafe(sig);
+}
+
+static void chain_sigsafe(int sig, siginfo_t *si, void *uctx)
+{
+	struct sigaction *p = &prev_tab[atomic_load_explicit(&prev_cur, memory_order_acquire)]
+				       [sig_index(sig)];
+	bool siginfo = p->sa_flags & SA_SIGINFO;
+
+	DS_STAT_ADD(nr_dynamic_stacks_foreign, 1);
+	if (!siginfo && p->sa_handler == SIG_DFL) {
+		die_by_default_sigsafe(sig, si);
+		return;
+	}
+	if (!siginfo && p->sa_handler == SIG_IGN) {
+		/* The kernel does not let a fault it raised be ignored: it resets
+		 * the action to default and delivers. A sent signal is ignored. */
+		if (si->si_code > 0)
+			die_by_default_sigsafe(sig, si);
+		return;
+	}
+	/* Run it under the mask the kernel would have set for it. */
+	const ucontext_t *uc = uctx;
+	sigset_t mask = uc->uc_sigmask, saved;
+	sigorset(&mask, &mask, &p->sa_mask);
+	if (!(p->sa_flags & SA_NODEFER))
+		sigaddset(&mask, sig);
+	struct sigaction call = *p;
+	if (p->sa_flags & SA_RESETHAND) {
+		p->sa_flags &= ~(SA_SIGINFO | SA_RESETHAND);
+		p->sa_handler = SIG_DFL;
+	}
+	ds_os_sigmask_sigsafe(SIG_SETMASK, &mask, &saved);
+	if (siginfo)
+		call.sa_sigaction(sig, si, uctx);
+	else
+		call.sa_handler(sig);
+	ds_os_sigmask_sigsafe(SIG_SETMASK, &saved, NULL);
+}
+
+static void on_fault(int sig, siginfo_t *si, void *uctx)
+{
+	int saved_errno = errno;
+	uintptr_t addr = (uintptr_t)si->si_addr;
+	struct dynstack *s;
+	int err = 0;
+
+	/* Only a fault the kernel raised carries a meaningful address; a
+	 * protection-key fault is never a commit matter. */
+	if (si->si_code <= 0 || si->si_code == SI_KERNEL
+#ifdef SEGV_PKUERR
+	    || (sig == SIGSEGV && si->si_code == SEGV_PKUERR)
+#endif
+	    || !(s = ds_arena_lookup_sigsafe(addr)))
+		goto foreign;
+
+	switch (ds_stack_fault_sigsafe(s, addr, &err)) {
+	case DS_FAULT_COMMITTED:
+		spurious_count = 0;
+		goto out;
+	case DS_FAULT_SPURIOUS: {
+		uintptr_t page = addr & ~(uintptr_t)(ds_os_page_size() - 1);
+		if (page != spurious_page) {
+			spurious_page = page;
+			spurious_count = 0;
+		}
+		if (++spurious_count <= DS_SPURIOUS_LIMIT)
+			goto out;
+		spurious_count = 0;
+		report_sigsafe("repeated fault on a committed page (passed on)", s, addr, 0);
+		goto foreign;
+	}
+	case DS_FAULT_OVERFLOW:
+		report_sigsafe("stack overflow", s, addr, 0);
+		die_by_default_sigsafe(sig, si);
+		goto out;
+	case DS_FAULT_COMMIT_FAILED:
+		report_sigsafe("stack overflow: cannot commit", s, addr, err);
+		die_by_default_sigsafe(sig, si);
+		goto out;
+	case DS_FAULT_FOREIGN:
+		break;
+	}
+foreign:
+	chain_sigsafe(sig, si, uctx);
+out:
+	errno = saved_errno;
+}
+
+static bool is_ours(const struct sigaction *sa)
+{
+	return (sa->sa_flags & SA_SIGINFO) && sa->sa_sigaction == on_fault;
+}
+
+bool ds_fault_installed(void)
+{
+	struct sigaction cur;
+	for (int i = 0; i < 2; i++)
+		if (ds_os_sigaction(fault_signals[i], NULL, &cur) || !is_ours(&cur))
+			return false;
+	return true;
+}
+
+int ds_fault_install(void)
+{
+	struct sigaction act, cur;
+	int rc = 0;
+
+	memset(&act, 0, sizeof(act));
+	act.sa_sigaction = on_fault;
+	act.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
+	/* Nothing else runs on the sync stack while we commit: an async handler
+	 * waits the few microseconds this takes. */
+	sigfillset(&act.sa_mask);
+
+	pthread_mutex_lock(&install_lock);
+	/* Fill the idle copy, publish it, and only then make ours the handler:
+	 * the first fault it sees already has the right previous handler. */
+	int next = !atomic_load_explicit(&prev_cur, memory_order_relaxed);
+	bool replace[2] = { false, false };
+	memcpy(prev_tab[next], prev_tab[!next], sizeof(prev_tab[next]));
+	for (int i = 0; i < 2 && !rc; i++) {
+		if ((rc = ds_os_sigaction(fault_signals[i], NULL, &cur)) || is_ours(&cur))
+			continue;
+		prev_tab[next][i] = cur;
+		replace[i] = true;
+	}
+	if (!rc && (replace[0] || replace[1])) {
+		atomic_store_explicit(&prev_cur, next, memory_order_release);
+		for (int i = 0; i < 2 && !rc; i++)
+			if (replace[i])
+				rc = ds_os_sigaction(fault_signals[i], &act, NULL);
+	}
+	pthread_mutex_unlock(&install_lock);
+	return rc;
+}

@@ -1,0 +1,118 @@
+/* Cross-file internals: one section per layer of docs/design.md, lowest
+ * first. Everything here has hidden visibility. Functions that the signal
+ * handler may call end in _sigsafe. */
+#ifndef DS_INTERNAL_H
+#define DS_INTERNAL_H
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "types.h"
+
+#define DS_HIDDEN __attribute__((visibility("hidden")))
+/* TLS read by the signal handler must not go through __tls_get_addr, which
+ * may allocate on first use in a dlopen'ed library. */
+#define DS_TLS __thread __attribute__((tls_model("initial-exec")))
+
+#define DS_CHUNK_SHIFT 30 /* arenas are aligned to, and a multiple of, 1 GiB */
+#define DS_CHUNK_SIZE ((uintptr_t)1 << DS_CHUNK_SHIFT)
+#define DS_VA_BITS 48 /* user address bits on x86-64 (4-level) and aarch64 */
+
+/* ---- options.c: process-wide settings, read once at init */
+struct ds_options {
+	dynstack_backend_t backend; /* never AUTO once init has run */
+	size_t default_size;
+	size_t sync_stack_size;
+	int stats_at_exit;
+};
+DS_HIDDEN extern struct ds_options ds_opt;
+/* Apply DYNSTACK_* environment variables on top of *cfg. Returns 0 or
+ * -EINVAL (with a message on stderr naming the variable). */
+DS_HIDDEN int ds_options_from_env(dynstack_config_t *cfg);
+DS_HIDDEN int ds_options_validate(const dynstack_config_t *cfg);
+
+/* ---- stats.c: counters, one relaxed atomic each */
+struct ds_counters {
+#define DS_COUNTER_FIELD_(name, kind, desc) _Atomic uint64_t name;
+	DYNSTACK_STATS_COUNTERS(DS_COUNTER_FIELD_)
+#undef DS_COUNTER_FIELD_
+};
+DS_HIDDEN extern struct ds_counters ds_counters;
+#define DS_STAT_ADD(name, n) atomic_fetch_add_explicit(&ds_counters.name, (uint64_t)(n), memory_order_relaxed)
+#define DS_STAT_SUB(name, n) atomic_fetch_sub_explicit(&ds_counters.name, (uint64_t)(n), memory_order_relaxed)
+
+/* ---- error.c / fmt: async-signal-safe text output */
+struct ds_buf {
+	char data[512];
+	size_t len;
+};
+DS_HIDDEN void ds_buf_str_sigsafe(struct ds_buf *b, const char *s);
+DS_HIDDEN void ds_buf_dec_sigsafe(struct ds_buf *b, uint64_t v);
+DS_HIDDEN void ds_buf_hex_sigsafe(struct ds_buf *b, uint64_t v);
+/* Write all of b to fd; returns 0 or -errno. */
+DS_HIDDEN int ds_buf_write_sigsafe(const struct ds_buf *b, int fd);
+
+/* ---- os-linux.c: the only syscalls */
+DS_HIDDEN size_t ds_os_page_size(void);
+/* Reserve size bytes aligned to align, PROT_NONE, MAP_NORESERVE. */
+DS_HIDDEN int ds_os_reserve(size_t size, size_t align, void **out);
+DS_HIDDEN int ds_os_map_rw(size_t size, void **out);
+DS_HIDDEN void ds_os_unmap(void *p, size_t size);
+/* size RW bytes with one PROT_NONE guard page below them; *out is the RW
+ * part, ds_os_unmap_guarded frees both. */
+DS_HIDDEN int ds_os_map_guarded(size_t size, void **out);
+DS_HIDDEN void ds_os_unmap_guarded(void *p, size_t size);
+/* Probe MADV_GUARD_INSTALL once; true when the kernel has guard regions. */
+DS_HIDDEN bool ds_os_guard_supported(void);
+/* Make a fresh PROT_NONE range of an arena ready for the backend: the guard
+ * backend maps it RW and covers it with guard markers. */
+DS_HIDDEN int ds_os_prepare(dynstack_backend_t be, uintptr_t lo, uintptr_t hi);
+/* Commit [lo, hi): accessible, pages allocated by the kernel on touch. */
+DS_HIDDEN int ds_os_commit_sigsafe(dynstack_backend_t be, uintptr_t lo, uintptr_t hi);
+/* Decommit [lo, hi): pages freed and inaccessible again. */
+DS_HIDDEN int ds_os_decommit(dynstack_backend_t be, uintptr_t lo, uintptr_t hi);
+DS_HIDDEN int ds_os_sigaction(int sig, const struct sigaction *act, struct sigaction *old);
+DS_HIDDEN int ds_os_sigmask_sigsafe(int how, const sigset_t *set, sigset_t *old);
+DS_HIDDEN int ds_os_sigaltstack(const stack_t *ss, stack_t *old);
+DS_HIDDEN int ds_os_raise_sigsafe(int sig);
+DS_HIDDEN bool ds_os_on_valgrind(void);
+
+/* ---- arena.c: slots and the address -> slot map */
+/* The stack whose slot contains addr, or NULL. Lock-free, O(1). */
+DS_HIDDEN struct dynstack *ds_arena_lookup_sigsafe(uintptr_t addr);
+/* Take a slot of at least size usable bytes; it is prepared for the backend
+ * and fully decommitted. Returns 0, -ENOMEM. */
+DS_HIDDEN int ds_arena_slot_get(size_t size, struct dynstack **out);
+DS_HIDDEN void ds_arena_slot_put(struct dynstack *s);
+DS_HIDDEN uintptr_t ds_slot_base(const struct dynstack *s);
+
+/* ---- fault.c: the SIGSEGV/SIGBUS handler */
+DS_HIDDEN int ds_fault_install(void);
+DS_HIDDEN bool ds_fault_installed(void);
+
+/* ---- thread.c: per-thread sync stack */
+DS_HIDDEN extern DS_TLS int ds_thread_ready;
+DS_HIDDEN int ds_thread_init_slow(void);
+static inline int ds_thread_ensure(void)
+{
+	return __builtin_expect(ds_thread_ready, 1) ? 0 : ds_thread_init_slow();
+}
+
+/* ---- stack.c: stack objects and the fault decision */
+enum ds_fault_kind {
+	DS_FAULT_FOREIGN = 0,  /* not ours: chain */
+	DS_FAULT_COMMITTED,    /* pages committed: retry the access */
+	DS_FAULT_SPURIOUS,     /* already committed: retry the access */
+	DS_FAULT_OVERFLOW,     /* floor page hit: report and die */
+	DS_FAULT_COMMIT_FAILED /* the kernel refused the commit: report and die */
+};
+DS_HIDDEN enum ds_fault_kind ds_stack_fault_sigsafe(struct dynstack *s, uintptr_t addr, int *err);
+DS_HIDDEN int ds_stack_create(struct dynstack **out, const dynstack_attr_t *attr, uint32_t flags);
+DS_HIDDEN void ds_stack_release(struct dynstack *s);
+
+/* ---- init (stack.c): implicit dynstack_init(NULL) */
+DS_HIDDEN int ds_init_once(void);
+
+#endif /* DS_INTERNAL_H */

@@ -1,0 +1,95 @@
+/* Per-thread sync stacks: the sigaltstack the fault handler runs on, the
+ * user-space twin of arm64's per-CPU sync stack. Without one, the kernel
+ * cannot push a signal frame below an exhausted green stack and kills the
+ * process with a bare SIGSEGV, so every entry point that may put a thread on
+ * one of our stacks calls ds_thread_ensure() first. */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+
+#include "internal.h"
+
+DS_TLS int ds_thread_ready;
+static DS_TLS void *sync_base; /* ours, or NULL when a foreign one is kept */
+static DS_TLS size_t sync_size;
+static DS_TLS stack_t sync_prev; /* what we replaced, restored by fini */
+
+static pthread_key_t exit_key;
+static pthread_once_t key_once = PTHREAD_ONCE_INIT;
+
+static void on_thread_exit(void *unused)
+{
+	dynstack_thread_fini();
+}
+
+static void key_init(void)
+{
+	pthread_key_create(&exit_key, on_thread_exit);
+}
+
+int ds_thread_init_slow(void)
+{
+	int rc = ds_init_once();
+	if (rc)
+		return rc;
+	if (ds_thread_ready)
+		return 0;
+
+	stack_t cur;
+	if ((rc = ds_os_sigaltstack(NULL, &cur)))
+		return rc;
+	if (cur.ss_flags & SS_ONSTACK)
+		return -EBUSY; /* cannot swap the stack we are running on */
+	if (!(cur.ss_flags & SS_DISABLE) && cur.ss_size >= ds_opt.sync_stack_size) {
+		ds_thread_ready = 1; /* the thread's own is big enough: keep it */
+		return 0;
+	}
+
+	void *base;
+	if ((rc = ds_os_map_guarded(ds_opt.sync_stack_size, &base)))
+		return rc;
+	stack_t ss = { .ss_sp = base, .ss_size = ds_opt.sync_stack_size, .ss_flags = 0 };
+	if ((rc = ds_os_sigaltstack(&ss, NULL))) {
+		ds_os_unmap_guarded(base, ds_opt.sync_stack_size);
+		return rc;
+	}
+	pthread_once(&key_once, key_init);
+	/* Any non-NULL value makes the destructor run at thread exit. */
+	pthread_setspecific(exit_key, &sync_base);
+	sync_prev = cur;
+	sync_base = base;
+	sync_size = ds_opt.sync_stack_size;
+	ds_thread_ready = 1;
+	DS_STAT_ADD(nr_dynamic_stacks_sync_stacks, 1);
+	return 0;
+}
+
+DYNSTACK_API int dynstack_thread_init(void)
+{
+	return ds_thread_ensure();
+}
+
+DYNSTACK_API void dynstack_thread_fini(void)
+{
+	if (!sync_base) {
+		ds_thread_ready = 0;
+		return;
+	}
+	stack_t cur;
+	if (ds_os_sigaltstack(NULL, &cur) || (cur.ss_flags & SS_ONSTACK))
+		return; /* called from a handler running on it: leave it */
+	if (cur.ss_sp == sync_base) {
+		stack_t restore = sync_prev;
+		if (restore.ss_flags & SS_DISABLE) {
+			memset(&restore, 0, sizeof(restore));
+			restore.ss_flags = SS_DISABLE;
+		}
+		ds_os_sigaltstack(&restore, NULL);
+	}
+	ds_os_unmap_guarded(sync_base, sync_size);
+	sync_base = NULL;
+	ds_thread_ready = 0;
+	pthread_setspecific(exit_key, NULL);
+	DS_STAT_SUB(nr_dynamic_stacks_sync_stacks, 1);
+}

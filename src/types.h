@@ -1,0 +1,65 @@
+/* Core data types, glossary first.
+ *
+ *   arena   one big reservation, aligned to DS_CHUNK_SIZE, cut into equal
+ *           power-of-two slots of one size class; its metadata lives in a
+ *           separate array, never on a stack.
+ *   slot    one stack's address range [base, base + stride).
+ *   floor   [base, lo): never committed. A fault here is an overflow. It is at
+ *           least one page (the guard page) and all the rounding slack.
+ *   lo      lowest usable address; top - lo == size (the THREAD_SIZE).
+ *   top     base + stride: the initial stack pointer.
+ *   edge    lowest committed address: [edge, top) is accessible.
+ *   commit  make pages accessible (guard: MADV_GUARD_REMOVE, mprotect: RW);
+ *           the kernel still allocates them on first touch.
+ *   sync stack  the per-thread sigaltstack the fault handler runs on.
+ */
+#ifndef DS_TYPES_H
+#define DS_TYPES_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dynstack.h"
+
+enum ds_slot_state {
+	DS_SLOT_FREE = 0, /* not a stack: any fault here is foreign */
+	DS_SLOT_LIVE = 1, /* a stack: faults here are ours */
+};
+
+enum ds_slot_flags {
+	DS_SLOT_CORO = 1u << 0, /* owned by a coroutine; dynstack_destroy refuses */
+};
+
+/* One stack. The public dynstack_t is this struct; it lives in its arena's
+ * metadata array for the life of the process, so the handler may read it
+ * at any time without a lock. Fields the handler reads are atomic or are
+ * written before `state` is published with release order. */
+struct dynstack {
+	_Atomic uintptr_t edge;	     /* lowest committed address */
+	_Atomic uintptr_t peak_edge; /* lowest edge since creation */
+	_Atomic uint32_t state;	     /* enum ds_slot_state */
+	uint32_t flags;		     /* enum ds_slot_flags */
+	uintptr_t lo;		     /* lowest usable address */
+	uintptr_t top;		     /* one past the highest usable address */
+	uint64_t id;		     /* process-unique, never 0 for a live stack */
+	struct ds_arena *arena;
+	struct dynstack *next_free; /* free list link (class lock) */
+	char name[DYNSTACK_NAME_MAX + 1];
+};
+
+/* A reservation for one size class. Immutable once published, except for
+ * the bump counters `used` and `prepared`, guarded by its class lock. */
+struct ds_arena {
+	uintptr_t base;		/* DS_CHUNK_SIZE-aligned */
+	uintptr_t end;		/* base + nslots << shift */
+	unsigned shift;		/* log2(stride) */
+	size_t nslots;
+	size_t used;		/* slots [0, used) have been handed out once */
+	size_t prepared;	/* slots [0, prepared) have been made ready */
+	struct dynstack *slots; /* metadata, nslots entries */
+	struct ds_arena *next;	/* next arena of the same class */
+};
+
+#endif /* DS_TYPES_H */
