@@ -48,6 +48,7 @@ static void coro_main(void *arg)
 DYNSTACK_API int dynstack_coro_create(dynstack_coro_t **out, dynstack_coro_fn fn, void *arg,
 				      const dynstack_attr_t *attr)
 {
+	DS_KEEP_ERRNO();
 	if (!out)
 		return -EINVAL;
 	*out = NULL;
@@ -72,6 +73,7 @@ DYNSTACK_API int dynstack_coro_create(dynstack_coro_t **out, dynstack_coro_fn fn
 
 DYNSTACK_API int dynstack_coro_resume(dynstack_coro_t *c)
 {
+	DS_KEEP_ERRNO();
 	if (!c)
 		return -EINVAL;
 	int rc = ds_thread_ensure();
@@ -116,6 +118,7 @@ DYNSTACK_API int dynstack_coro_status(const dynstack_coro_t *c)
 
 DYNSTACK_API int dynstack_coro_destroy(dynstack_coro_t *c)
 {
+	DS_KEEP_ERRNO();
 	if (!c)
 		return 0;
 	int st = atomic_load_explicit(&c->status, memory_order_acquire);

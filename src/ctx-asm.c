@@ -13,16 +13,25 @@ void ds_ctx_trampoline(void) __attribute__((visibility("hidden")));
 #if defined(__x86_64__)
 
 /* Slots of the frame, in 8-byte words from ctx->sp (see switch.S). */
-enum { FR_FPCTL, FR_R15, FR_R14, FR_R13, FR_R12, FR_RBX, FR_RBP, FR_RESUME, FR_WORDS };
+enum {
+	FR_FPCTL,
+	FR_R15,
+	FR_R14,
+	FR_R13,
+	FR_R12,
+	FR_RBX,
+	FR_RBP,
+	FR_RESUME,
+	FR_WORDS
+};
 
 void ds_ctx_make(ds_ctx_t *ctx, void *lo, size_t size, ds_ctx_entry_fn entry, void *arg)
 {
 	uint64_t *fr = (uint64_t *)((char *)lo + size) - FR_WORDS;
-
-	assert(((uintptr_t)lo + size) % 16 == 0);
 	uint32_t mxcsr;
 	uint16_t fpucw;
 
+	assert(((uintptr_t)lo + size) % 16 == 0);
 	/* The new context starts with the control bits of the thread that made
 	 * it, as a new thread would; the switch loads them only if they differ
 	 * from those of the context switching to it. */
@@ -46,7 +55,12 @@ void ds_ctx_make(ds_ctx_t *ctx, void *lo, size_t size, ds_ctx_entry_fn entry, vo
 
 /* Slots of the frame, in 8-byte words from ctx->sp (see switch.S):
  * x19..x28, x29, x30, then d8..d15. */
-enum { FR_X19, FR_X20, FR_X30 = 11, FR_WORDS = 20 };
+enum {
+	FR_X19,
+	FR_X20,
+	FR_X30 = 11,
+	FR_WORDS = 20
+};
 
 void ds_ctx_make(ds_ctx_t *ctx, void *lo, size_t size, ds_ctx_entry_fn entry, void *arg)
 {

@@ -1,5 +1,5 @@
 /* Portable context switch on getcontext/makecontext/swapcontext, for CPUs
- * without switch.S (-Dswitch=ucontext). About 100 times slower than the
+ * without switch.S (-Dswitch=ucontext). Some 50 times slower than the
  * assembly: glibc's swapcontext makes a sigprocmask system call every time.
  */
 #include <stdint.h>
@@ -9,8 +9,8 @@
 
 /* makecontext passes only int arguments: each pointer travels as two 32-bit
  * halves (uint64_t so the shift is defined where pointers are 32 bits). */
-#define HI(p) ((int)(unsigned)((uint64_t)(p) >> 32))
-#define LO(p) ((int)(unsigned)(uint64_t)(p))
+#define HI(p) ((int)(unsigned)((uint64_t)(uintptr_t)(p) >> 32))
+#define LO(p) ((int)(unsigned)(uintptr_t)(p))
 #define JOIN(hi, lo) ((uintptr_t)((uint64_t)(unsigned)(hi) << 32 | (unsigned)(lo)))
 
 /* Runs on the new stack, called by the first swapcontext to it. */
@@ -32,7 +32,8 @@ void ds_ctx_make(ds_ctx_t *ctx, void *lo, size_t size, ds_ctx_entry_fn entry, vo
 	ctx->uc.uc_stack.ss_sp = lo;
 	ctx->uc.uc_stack.ss_size = size;
 	ctx->uc.uc_link = NULL;
-	makecontext(&ctx->uc, (void (*)(void))trampoline, 4, HI(entry), LO(entry), HI(arg), LO(arg));
+	makecontext(&ctx->uc, (void (*)(void))trampoline, 4, HI(entry), LO(entry), HI(arg),
+		    LO(arg));
 }
 
 void ds_ctx_switch(ds_ctx_t *from, ds_ctx_t *to)

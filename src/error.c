@@ -26,6 +26,14 @@ DYNSTACK_API const char *dynstack_strerror(int err)
 		return "temporarily unavailable, try again";
 	case -EBADF:
 		return "bad file descriptor";
+	case -EPIPE:
+		return "broken pipe (the reader of the output is gone)";
+	case -EIO:
+		return "input/output error";
+	case -EDQUOT:
+		return "disk quota exceeded";
+	case -EFBIG:
+		return "file too large";
 	case -EFAULT:
 		return "bad address";
 	case -EOVERFLOW:

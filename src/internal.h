@@ -4,6 +4,7 @@
 #ifndef DS_INTERNAL_H
 #define DS_INTERNAL_H
 
+#include <errno.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -15,6 +16,14 @@
 /* TLS read by the signal handler must not go through __tls_get_addr, which
  * may allocate on first use in a dlopen'ed library. */
 #define DS_TLS __thread __attribute__((tls_model("initial-exec")))
+
+/* Public calls never change errno (they return -errno instead): the first
+ * statement of every entry point that may make a syscall keeps it. */
+static inline void ds_errno_restore(const int *saved)
+{
+	errno = *saved;
+}
+#define DS_KEEP_ERRNO() int ds_saved_errno_ __attribute__((cleanup(ds_errno_restore))) = errno
 
 #define DS_CHUNK_SHIFT 30 /* arenas are aligned to, and a multiple of, 1 GiB */
 #define DS_CHUNK_SIZE ((uintptr_t)1 << DS_CHUNK_SHIFT)

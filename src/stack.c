@@ -32,6 +32,7 @@ static int resolve_backend(dynstack_backend_t want, dynstack_backend_t *out)
 
 DYNSTACK_API int dynstack_init(const dynstack_config_t *cfg)
 {
+	DS_KEEP_ERRNO();
 	dynstack_config_t c;
 	dynstack_backend_t be;
 	int rc;
@@ -173,6 +174,7 @@ void ds_stack_release(struct dynstack *s)
 
 DYNSTACK_API int dynstack_create(dynstack_t **out, const dynstack_attr_t *attr)
 {
+	DS_KEEP_ERRNO();
 	if (!out)
 		return -EINVAL;
 	return ds_stack_create(out, attr, 0);
@@ -180,6 +182,7 @@ DYNSTACK_API int dynstack_create(dynstack_t **out, const dynstack_attr_t *attr)
 
 DYNSTACK_API int dynstack_destroy(dynstack_t *s)
 {
+	DS_KEEP_ERRNO();
 	if (!s)
 		return 0;
 	if (atomic_load_explicit(&s->state, memory_order_acquire) != DS_SLOT_LIVE)
@@ -245,8 +248,12 @@ enum ds_fault_kind ds_stack_fault_sigsafe(struct dynstack *s, uintptr_t addr, in
 	while (edge > page && !atomic_compare_exchange_weak_explicit(
 				      &s->edge, &edge, page, memory_order_acq_rel, memory_order_acquire))
 		;
-	if (edge > page)
-		DS_STAT_ADD(nr_dynamic_stacks_pages, (edge - page) / ds_os_page_size());
+	if (edge <= page) {
+		/* Another thread committed the range first: its fault counts. */
+		DS_STAT_ADD(nr_dynamic_stacks_spurious, 1);
+		return DS_FAULT_SPURIOUS;
+	}
+	DS_STAT_ADD(nr_dynamic_stacks_pages, (edge - page) / ds_os_page_size());
 	DS_STAT_ADD(nr_dynamic_stacks_faults, 1);
 	uintptr_t peak = atomic_load_explicit(&s->peak_edge, memory_order_relaxed);
 	while (peak > page && !atomic_compare_exchange_weak_explicit(

@@ -34,6 +34,7 @@ DYNSTACK_API int dynstack_stats_get(dynstack_stats_t *st)
 
 DYNSTACK_API int dynstack_stats_print(int fd)
 {
+	DS_KEEP_ERRNO();
 	if (fd < 0)
 		return -EBADF;
 	struct ds_buf b = { .len = 0 };

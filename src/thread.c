@@ -67,11 +67,13 @@ int ds_thread_init_slow(void)
 
 DYNSTACK_API int dynstack_thread_init(void)
 {
+	DS_KEEP_ERRNO();
 	return ds_thread_ensure();
 }
 
 DYNSTACK_API void dynstack_thread_fini(void)
 {
+	DS_KEEP_ERRNO();
 	if (!sync_base) {
 		ds_thread_ready = 0;
 		return;

@@ -1,0 +1,362 @@
+/* White-box tests of src/arena.c and of the fault decision in src/stack.c:
+ * the address -> slot map the handler relies on, size classes, slot reuse,
+ * and what ds_stack_fault_sigsafe decides and counts, also when two race.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "helpers.h"
+#include "internal.h"
+
+static int some_global;
+
+static uintptr_t slot_stride(const struct dynstack *s)
+{
+	return (uintptr_t)1 << s->arena->shift;
+}
+
+static struct dynstack *create(size_t size, size_t initial)
+{
+	dynstack_attr_t attr;
+	dynstack_t *s = NULL;
+
+	assert_int_equal(dynstack_attr_init(&attr), 0);
+	attr.size = size;
+	attr.initial = initial;
+	assert_int_equal(dynstack_create(&s, &attr), 0);
+	assert_non_null(s);
+	return s;
+}
+
+/* Every byte of the slot, floor included, maps to the slot; its neighbours'
+ * bytes do not. */
+static void check_slot_map(struct dynstack *s)
+{
+	uintptr_t base = ds_slot_base(s), stride = slot_stride(s);
+
+	assert_int_equal(base % stride, 0);
+	assert_true(base >= s->arena->base && base + stride <= s->arena->end);
+	for (uintptr_t a = base; a < base + stride; a++) {
+		if (ds_arena_lookup_sigsafe(a) != s)
+			fail_msg("address %#lx (slot offset %#lx) not mapped to its slot",
+				 (unsigned long)a, (unsigned long)(a - base));
+	}
+	assert_ptr_not_equal(ds_arena_lookup_sigsafe(base - 1), s);
+	assert_ptr_not_equal(ds_arena_lookup_sigsafe(base + stride), s);
+}
+
+static void test_lookup_every_address(void **state)
+{
+	struct dynstack *s[3];
+
+	assert_int_equal(dynstack_init(NULL), 0);
+	for (int i = 0; i < 3; i++)
+		s[i] = create(0, 0);
+	for (int i = 0; i < 3; i++) {
+		uintptr_t base = ds_slot_base(s[i]);
+		/* The layout types.h describes: top at the end of the slot, at
+		 * least a page of floor below lo. */
+		assert_int_equal(s[i]->top, base + slot_stride(s[i]));
+		assert_int_equal((uintptr_t)dynstack_top(s[i]), s[i]->top);
+		assert_int_equal(s[i]->top - s[i]->lo, DYNSTACK_DEFAULT_SIZE);
+		assert_true(s[i]->lo - base >= page_size());
+		check_slot_map(s[i]);
+	}
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(dynstack_destroy(s[i]), 0);
+}
+
+/* The ends of a whole arena: its first and last slots are found, the
+ * bytes just outside belong to no slot of it. */
+static void check_arena_ends(const struct ds_arena *a)
+{
+	struct dynstack *r;
+
+	assert_ptr_equal(ds_arena_lookup_sigsafe(a->base), &a->slots[0]);
+	assert_ptr_equal(ds_arena_lookup_sigsafe(a->end - 1), &a->slots[a->nslots - 1]);
+	r = ds_arena_lookup_sigsafe(a->end);
+	if (r && (r->arena == a || r->arena->base != a->end))
+		fail_msg("address %#lx, just past an arena, maps to a slot", (unsigned long)a->end);
+	r = ds_arena_lookup_sigsafe(a->base - 1);
+	if (r && (r->arena == a || r->arena->end != a->base))
+		fail_msg("address %#lx, just below an arena, maps to a slot",
+			 (unsigned long)a->base - 1);
+}
+
+static void test_arena_ends(void **state)
+{
+	const size_t sizes[] = { DYNSTACK_DEFAULT_SIZE, 1u << 20, DYNSTACK_MAX_SIZE };
+
+	assert_int_equal(dynstack_init(NULL), 0);
+	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		struct dynstack *s = create(sizes[i], 0);
+		const struct ds_arena *a = s->arena;
+
+		assert_int_equal(a->base % DS_CHUNK_SIZE, 0);
+		assert_int_equal(a->end - a->base, a->nslots << a->shift);
+		check_arena_ends(a);
+		assert_int_equal(dynstack_destroy(s), 0);
+	}
+}
+
+static void test_lookup_outside_is_null(void **state)
+{
+	int local = 0;
+	void *heap = malloc(64);
+	size_t ps = page_size();
+	void *mine = mmap(NULL, ps, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	struct dynstack *s = create(0, 0);
+
+	assert_non_null(heap);
+	assert_true(mine != MAP_FAILED);
+	const uintptr_t outside[] = {
+		0,
+		1,
+		(uintptr_t)&some_global,
+		(uintptr_t)&local,
+		(uintptr_t)heap,
+		(uintptr_t)mine,
+		(uintptr_t)&test_lookup_outside_is_null,
+		(uintptr_t)s, /* the slot metadata lives outside any arena */
+		(uintptr_t)s->name,
+		((uintptr_t)1 << DS_VA_BITS) - 1,
+		(uintptr_t)1 << DS_VA_BITS,
+		ds_slot_base(s) | ((uintptr_t)1 << 60), /* the map must not wrap */
+		UINTPTR_MAX,
+	};
+	for (size_t i = 0; i < sizeof(outside) / sizeof(outside[0]); i++) {
+		if (ds_arena_lookup_sigsafe(outside[i]))
+			fail_msg("address %#lx (#%zu) is in no arena but was mapped to a slot",
+				 (unsigned long)outside[i], i);
+	}
+	assert_int_equal(dynstack_destroy(s), 0);
+	munmap(mine, ps);
+	free(heap);
+}
+
+/* class_shift: the smallest power of two of at least 8 KiB that holds the
+ * usable size plus one page of floor. */
+static unsigned expected_shift(size_t size)
+{
+	size_t need = ((size + page_size() - 1) & ~(page_size() - 1)) + page_size();
+	unsigned shift = 13;
+
+	while (((size_t)1 << shift) < need)
+		shift++;
+	return shift;
+}
+
+static void test_size_classes(void **state)
+{
+	const size_t sizes[] = { 1, 4096, 16384, 61440, 65536, 100000, 1u << 20, 8u << 20 };
+	enum {
+		N = sizeof(sizes) / sizeof(sizes[0])
+	};
+	struct dynstack *s[N];
+
+	for (int i = 0; i < N; i++) {
+		s[i] = create(sizes[i], 0);
+		assert_int_equal(s[i]->arena->shift, expected_shift(sizes[i]));
+		assert_true(s[i]->lo - ds_slot_base(s[i]) >= page_size());
+	}
+	for (int i = 0; i < N; i++) {
+		for (int j = 0; j < N; j++) {
+			bool same = s[i]->arena->shift == s[j]->arena->shift;
+			if (!same)
+				assert_ptr_not_equal(s[i]->arena, s[j]->arena);
+		}
+		/* The ends of each slot and its usable part. */
+		uintptr_t base = ds_slot_base(s[i]);
+		assert_ptr_equal(ds_arena_lookup_sigsafe(base), s[i]);
+		assert_ptr_equal(ds_arena_lookup_sigsafe(s[i]->lo), s[i]);
+		assert_ptr_equal(ds_arena_lookup_sigsafe(s[i]->top - 1), s[i]);
+		assert_ptr_not_equal(ds_arena_lookup_sigsafe(s[i]->top), s[i]);
+	}
+	check_slot_map(s[2]);
+	for (int i = 0; i < N; i++)
+		assert_int_equal(dynstack_destroy(s[i]), 0);
+}
+
+/* The largest class has slots bigger than a chunk: the map has an entry
+ * per chunk, all pointing at the one arena. */
+static void test_slot_spanning_chunks(void **state)
+{
+	struct dynstack *s = create(DYNSTACK_MAX_SIZE, 0);
+	uintptr_t base = ds_slot_base(s), stride = slot_stride(s);
+
+	assert_true(stride > DS_CHUNK_SIZE);
+	assert_int_equal(s->top - s->lo, DYNSTACK_MAX_SIZE);
+	for (uintptr_t off = 0; off < stride; off += DS_CHUNK_SIZE / 4) {
+		assert_ptr_equal(ds_arena_lookup_sigsafe(base + off), s);
+		assert_ptr_equal(ds_arena_lookup_sigsafe(base + off + DS_CHUNK_SIZE / 4 - 1), s);
+	}
+	assert_ptr_not_equal(ds_arena_lookup_sigsafe(base + stride), s);
+	assert_int_equal(dynstack_destroy(s), 0);
+
+	/* Above the largest class there is no slot at all. */
+	struct dynstack *none = (struct dynstack *)&some_global;
+	assert_int_equal(ds_arena_slot_get(DYNSTACK_MAX_SIZE * 2, &none), -EINVAL);
+	assert_null(none);
+}
+
+static void test_slot_reuse(void **state)
+{
+	struct dynstack *a, *b;
+
+	assert_int_equal(dynstack_init(NULL), 0);
+	assert_int_equal(ds_arena_slot_get(DYNSTACK_DEFAULT_SIZE, &a), 0);
+	uintptr_t base = ds_slot_base(a);
+	ds_arena_slot_put(a);
+	assert_int_equal(ds_arena_slot_get(DYNSTACK_DEFAULT_SIZE, &b), 0);
+	assert_ptr_equal(a, b);
+	assert_int_equal(ds_slot_base(b), base);
+	ds_arena_slot_put(b);
+
+	/* Through the public calls: the slot comes back as a new stack, with a
+	 * new id and its own name, and its addresses map to it. */
+	dynstack_attr_t attr;
+	dynstack_t *s1, *s2;
+	assert_int_equal(dynstack_attr_init(&attr), 0);
+	attr.name = "first";
+	assert_int_equal(dynstack_create(&s1, &attr), 0);
+	uint64_t id1 = dynstack_id(s1);
+	uintptr_t top1 = (uintptr_t)dynstack_top(s1);
+	assert_int_equal(dynstack_destroy(s1), 0);
+	assert_int_equal(s1->state, DS_SLOT_FREE);
+	attr.name = NULL;
+	assert_int_equal(dynstack_create(&s2, &attr), 0);
+	assert_ptr_equal(s2, s1);
+	assert_int_equal((uintptr_t)dynstack_top(s2), top1);
+	assert_true(dynstack_id(s2) > id1);
+	assert_string_equal(dynstack_name(s2), "");
+	assert_int_equal(dynstack_committed(s2), page_size());
+	assert_int_equal(count_accessible((void *)s2->lo, (void *)s2->top), 1);
+	assert_ptr_equal(ds_arena_lookup_sigsafe(top1 - 1), s2);
+	assert_int_equal(dynstack_destroy(s2), 0);
+}
+
+/* The decision the handler takes, called directly: below lo is an
+ * overflow, at or above the edge spurious, in between a commit of
+ * everything from the fault page up to the edge; a destroyed stack's slot
+ * is not ours any more. */
+static void test_fault_decision(void **state)
+{
+	size_t ps = page_size();
+	struct dynstack *s = create(16 * ps, 0);
+	dynstack_stats_t before = stats_now();
+	int err = 0;
+
+	assert_int_equal(ds_stack_fault_sigsafe(s, s->top - 1, &err), DS_FAULT_SPURIOUS);
+	assert_int_equal(ds_stack_fault_sigsafe(s, s->lo - 1, &err), DS_FAULT_OVERFLOW);
+	assert_int_equal(ds_stack_fault_sigsafe(s, ds_slot_base(s), &err), DS_FAULT_OVERFLOW);
+	assert_int_equal(count_accessible((void *)s->lo, (void *)s->top), 1);
+
+	assert_int_equal(ds_stack_fault_sigsafe(s, s->top - 4 * ps + 17, &err), DS_FAULT_COMMITTED);
+	assert_int_equal(err, 0);
+	assert_int_equal(dynstack_committed(s), 4 * ps);
+	assert_int_equal(dynstack_peak(s), 4 * ps);
+	assert_int_equal(count_accessible((void *)s->lo, (void *)s->top), 4);
+	assert_int_equal(ds_stack_fault_sigsafe(s, s->top - 4 * ps, &err), DS_FAULT_SPURIOUS);
+	assert_int_equal(ds_stack_fault_sigsafe(s, s->lo, &err), DS_FAULT_COMMITTED);
+	assert_int_equal(dynstack_committed(s), 16 * ps);
+	assert_int_equal(count_accessible((void *)(s->lo - ps), (void *)s->top), 16);
+
+	dynstack_stats_t after = stats_now();
+	assert_int_equal(after.nr_dynamic_stacks_faults - before.nr_dynamic_stacks_faults, 2);
+	assert_int_equal(after.nr_dynamic_stacks_spurious - before.nr_dynamic_stacks_spurious, 2);
+	assert_int_equal(after.nr_dynamic_stacks_overflows - before.nr_dynamic_stacks_overflows, 2);
+	assert_int_equal(after.nr_dynamic_stacks_pages - before.nr_dynamic_stacks_pages, 15);
+
+	uintptr_t lo = s->lo;
+	assert_int_equal(dynstack_destroy(s), 0);
+	assert_int_equal(ds_stack_fault_sigsafe(s, lo, &err), DS_FAULT_FOREIGN);
+}
+
+/* Two threads take the same fault at the same moment, as two threads
+ * running code on one stack may: both may commit (it is idempotent), but
+ * only one moves the edge, and a page range committed once is one fault;
+ * the other thread's fault was spurious. The test thread and a helper
+ * spin so that their calls start within a commit's time of each other. */
+#define RACE_ROUNDS 2000
+#define RACE_PAGES 16
+
+struct race {
+	struct dynstack *_Atomic target;
+	atomic_int go, done;
+};
+
+static void *race_helper(void *arg)
+{
+	struct race *r = arg;
+	int err = 0;
+
+	for (int round = 1; round <= RACE_ROUNDS; round++) {
+		while (atomic_load(&r->go) != round)
+			;
+		struct dynstack *s = atomic_load(&r->target);
+		ds_stack_fault_sigsafe(s, s->lo, &err);
+		atomic_store(&r->done, round);
+	}
+	return NULL;
+}
+
+static void test_fault_race_counts_once(void **state)
+{
+	size_t ps = page_size();
+	struct race r = { 0 };
+	pthread_t th;
+	int err = 0;
+
+	assert_int_equal(dynstack_init(NULL), 0);
+	assert_int_equal(pthread_create(&th, NULL, race_helper, &r), 0);
+	uint64_t faults = 0;
+	for (int round = 1; round <= RACE_ROUNDS; round++) {
+		struct dynstack *s = create(RACE_PAGES * ps, 0);
+		dynstack_stats_t before = stats_now();
+		atomic_store(&r.target, s);
+		atomic_store(&r.go, round);
+		ds_stack_fault_sigsafe(s, s->lo, &err);
+		while (atomic_load(&r.done) != round)
+			;
+		dynstack_stats_t after = stats_now();
+		/* The pages were committed once... */
+		assert_int_equal(dynstack_committed(s), RACE_PAGES * ps);
+		assert_int_equal(after.nr_dynamic_stacks_pages - before.nr_dynamic_stacks_pages,
+				 RACE_PAGES - 1);
+		faults += after.nr_dynamic_stacks_faults - before.nr_dynamic_stacks_faults;
+		assert_int_equal(dynstack_destroy(s), 0);
+	}
+	assert_int_equal(pthread_join(th, NULL), 0);
+	/* ...so each round is one fault, not one per thread that raced. */
+	if (faults != RACE_ROUNDS)
+		fail_msg("%d rounds of two racing faults counted %" PRIu64 " faults", RACE_ROUNDS,
+			 faults);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_lookup_every_address),
+		cmocka_unit_test(test_arena_ends),
+		cmocka_unit_test(test_lookup_outside_is_null),
+		cmocka_unit_test(test_size_classes),
+		cmocka_unit_test(test_slot_spanning_chunks),
+		cmocka_unit_test(test_slot_reuse),
+		cmocka_unit_test(test_fault_decision),
+		cmocka_unit_test(test_fault_race_counts_once),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
