@@ -35,12 +35,18 @@ int main(void)
 	}
 	dynstack_coro_resume(co); /* runs until the yield */
 	dynstack_t *st = dynstack_coro_stack(co);
-	printf("after the deep call: %zu of %zu bytes committed (backend %s)\n",
-	       dynstack_committed(st), dynstack_size(st), dynstack_backend_name());
+	size_t grown = dynstack_committed(st);
+	printf("after the deep call: %zu of %zu bytes committed (backend %s)\n", grown,
+	       dynstack_size(st), dynstack_backend_name());
 	dynstack_coro_resume(co); /* runs to the end */
-	printf("result %d, status %s\n", result,
-	       dynstack_coro_status(co) == DYNSTACK_CORO_DEAD ? "dead" : "alive");
+	int dead = dynstack_coro_status(co) == DYNSTACK_CORO_DEAD;
+	printf("result %d, status %s\n", result, dead ? "dead" : "alive");
 	dynstack_coro_destroy(co);
+	/* 1 + 2 + ... + 40 from the frames, + 1 after the yield */
+	if (result != 821 || !dead || grown <= 4096) {
+		fprintf(stderr, "hello: unexpected result\n");
+		return 1;
+	}
 	fflush(stdout);
 	dynstack_stats_print(1);
 	return 0;

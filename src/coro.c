@@ -1,7 +1,8 @@
 /* Asymmetric coroutines on dynamic stacks. A coroutine may move between OS
- * threads between resumes, so nothing here caches thread-local state across
- * a switch: the resumer's side of a switch always returns on the resumer's
- * own thread, and the coroutine's side reads only the coroutine object. */
+ * threads between resumes, so no function here keeps a thread-local address
+ * across a switch after which it could be on another thread: each reads
+ * `current` afresh on entry, and the resumer's bookkeeping is done on the
+ * coroutine's side before it switches back (see leave()). */
 #include <errno.h>
 #include <stdlib.h>
 
@@ -12,37 +13,41 @@ struct dynstack_coro {
 	ds_ctx_t ctx;	     /* the coroutine's saved state */
 	ds_ctx_t caller;     /* the resumer's saved state, valid while it runs */
 	_Atomic int status;  /* dynstack_coro_status_t */
-	int finished;	     /* set on the coroutine's stack, read by the resumer */
 	struct dynstack_coro *parent; /* coroutine that resumed it, or NULL */
 	struct dynstack *stack;
 	dynstack_coro_fn fn;
 	void *arg;
 };
 
+/* The coroutine running on this thread (NULL on the thread's own stack). */
 static DS_TLS struct dynstack_coro *current;
 
-/* Read through a call the compiler cannot see into, so that a coroutine that
- * resumes on another thread does not reuse the previous thread's TLS address. */
-static __attribute__((noinline)) struct dynstack_coro *current_get(void)
+/* Hand the thread back to c's resumer: the resumer's bookkeeping is done
+ * here, before the switch, so that the resumer's side returns straight to
+ * its caller (see ds_ctx_switch_publish). c's new status is published by the
+ * switch itself, once c's state is saved and its stack left. */
+static inline int leave(struct dynstack_coro *c, int status)
 {
-	struct dynstack_coro *c = current;
-	__asm__ volatile("" ::: "memory");
-	return c;
+	struct dynstack_coro *parent = c->parent;
+	current = parent;
+	if (parent)
+		atomic_store_explicit(&parent->status, DYNSTACK_CORO_RUNNING, memory_order_relaxed);
+	return ds_ctx_switch_publish(&c->ctx, &c->caller, &c->status, status);
 }
 
-static __attribute__((noinline)) void current_set(struct dynstack_coro *c)
+/* Out of line: coro_main's frame lives across every migration of c, so the
+ * TLS access in leave() must not be hoisted into it. */
+static __attribute__((noinline, noreturn)) void finish(struct dynstack_coro *c)
 {
-	current = c;
-	__asm__ volatile("" ::: "memory");
+	leave(c, DYNSTACK_CORO_DEAD);
+	abort(); /* a dead coroutine is never resumed */
 }
 
 static void coro_main(void *arg)
 {
 	struct dynstack_coro *c = arg;
 	c->fn(c->arg);
-	c->finished = 1;
-	ds_ctx_switch(&c->ctx, &c->caller);
-	abort(); /* a dead coroutine is never resumed (status is DEAD) */
+	finish(c);
 }
 
 DYNSTACK_API int dynstack_coro_create(dynstack_coro_t **out, dynstack_coro_fn fn, void *arg,
@@ -73,40 +78,36 @@ DYNSTACK_API int dynstack_coro_create(dynstack_coro_t **out, dynstack_coro_fn fn
 
 DYNSTACK_API int dynstack_coro_resume(dynstack_coro_t *c)
 {
-	DS_KEEP_ERRNO();
 	if (!c)
 		return -EINVAL;
 	int rc = ds_thread_ensure();
 	if (rc)
 		return rc;
-	int st = DYNSTACK_CORO_SUSPENDED;
-	if (!atomic_compare_exchange_strong_explicit(&c->status, &st, DYNSTACK_CORO_RUNNING,
-						     memory_order_acquire, memory_order_relaxed))
+	/* No read-modify-write: resuming from two threads at once is a contract
+	 * breach, not a race to arbitrate, and a locked instruction would double
+	 * the cost of a switch. Sequential misuse (a dead, running or waiting
+	 * coroutine, or itself) is still refused. */
+	int st = atomic_load_explicit(&c->status, memory_order_acquire);
+	if (st != DYNSTACK_CORO_SUSPENDED)
 		return st == DYNSTACK_CORO_DEAD ? -EINVAL : -EBUSY;
+	atomic_store_explicit(&c->status, DYNSTACK_CORO_RUNNING, memory_order_relaxed);
 
-	struct dynstack_coro *parent = current_get();
+	struct dynstack_coro *parent = current;
 	if (parent)
 		atomic_store_explicit(&parent->status, DYNSTACK_CORO_NORMAL, memory_order_relaxed);
 	c->parent = parent;
-	current_set(c);
-	ds_ctx_switch(&c->caller, &c->ctx);
-	/* Back on this thread: c yielded or returned, its state is saved, so
-	 * only now may another thread resume it (release). */
-	current_set(parent);
-	if (parent)
-		atomic_store_explicit(&parent->status, DYNSTACK_CORO_RUNNING, memory_order_relaxed);
-	atomic_store_explicit(&c->status, c->finished ? DYNSTACK_CORO_DEAD : DYNSTACK_CORO_SUSPENDED,
-			      memory_order_release);
-	return 0;
+	current = c;
+	/* Tail call: c's leave() comes back directly to our caller. */
+	return ds_ctx_switch_publish(&c->caller, &c->ctx, NULL, 0);
 }
 
 DYNSTACK_API int dynstack_coro_yield(void)
 {
-	struct dynstack_coro *c = current_get();
+	struct dynstack_coro *c = current;
 	if (!c)
 		return -EPERM;
-	ds_ctx_switch(&c->ctx, &c->caller);
-	return 0;
+	/* Tail call; we may come back on another thread, to our caller. */
+	return leave(c, DYNSTACK_CORO_SUSPENDED);
 }
 
 DYNSTACK_API int dynstack_coro_status(const dynstack_coro_t *c)
@@ -140,5 +141,5 @@ DYNSTACK_API dynstack_t *dynstack_coro_stack(const dynstack_coro_t *c)
 
 DYNSTACK_API dynstack_coro_t *dynstack_coro_current(void)
 {
-	return current_get();
+	return current;
 }

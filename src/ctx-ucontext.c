@@ -2,10 +2,26 @@
  * without switch.S (-Dswitch=ucontext). Some 50 times slower than the
  * assembly: glibc's swapcontext makes a sigprocmask system call every time.
  */
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 
 #include "ctx.h"
+
+/* swapcontext runs no code between saving one context and loading the
+ * other, so the publish store is left to whichever side runs next on this
+ * thread (the same thread: a switch never crosses threads). */
+static __thread _Atomic int *pending_publish;
+static __thread int pending_value;
+
+static void run_pending(void)
+{
+	_Atomic int *p = pending_publish;
+	if (p) {
+		pending_publish = NULL;
+		atomic_store_explicit(p, pending_value, memory_order_release);
+	}
+}
 
 /* makecontext passes only int arguments: each pointer travels as two 32-bit
  * halves (uint64_t so the shift is defined where pointers are 32 bits). */
@@ -17,6 +33,8 @@
 static void trampoline(int entry_hi, int entry_lo, int arg_hi, int arg_lo)
 {
 	ds_ctx_entry_fn entry = (ds_ctx_entry_fn)JOIN(entry_hi, entry_lo);
+
+	run_pending();
 
 	entry((void *)JOIN(arg_hi, arg_lo));
 	/* entry must never return (ctx.h); uc_link is NULL, so returning would
@@ -36,8 +54,12 @@ void ds_ctx_make(ds_ctx_t *ctx, void *lo, size_t size, ds_ctx_entry_fn entry, vo
 		    LO(arg));
 }
 
-void ds_ctx_switch(ds_ctx_t *from, ds_ctx_t *to)
+int ds_ctx_switch_publish(ds_ctx_t *from, ds_ctx_t *to, _Atomic int *publish, int value)
 {
+	pending_publish = publish;
+	pending_value = value;
 	/* Fails only for invalid pointers, which are bugs in the caller. */
 	swapcontext(&from->uc, &to->uc);
+	run_pending();
+	return 0;
 }

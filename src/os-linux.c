@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <fcntl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -92,6 +93,18 @@ bool ds_os_guard_supported(void)
 	if (ds_os_map_rw(2 * ps, &p))
 		return false;
 	bool ok = madvise(p, ps, MADV_GUARD_INSTALL) == 0;
+	if (ok) {
+		/* An emulator may accept the advice and do nothing (qemu-user
+		 * does): ask the kernel whether the page is really fenced off. A
+		 * write(2) from a guard page fails with EFAULT. */
+		int fds[2];
+		if (pipe2(fds, O_CLOEXEC) == 0) {
+			if (write(fds[1], p, 1) == 1)
+				ok = false;
+			close(fds[0]);
+			close(fds[1]);
+		}
+	}
 	munmap(p, 2 * ps);
 	return ok;
 }

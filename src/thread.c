@@ -30,6 +30,7 @@ static void key_init(void)
 
 int ds_thread_init_slow(void)
 {
+	DS_KEEP_ERRNO();
 	int rc = ds_init_once();
 	if (rc)
 		return rc;
@@ -67,7 +68,6 @@ int ds_thread_init_slow(void)
 
 DYNSTACK_API int dynstack_thread_init(void)
 {
-	DS_KEEP_ERRNO();
 	return ds_thread_ensure();
 }
 

@@ -1,4 +1,4 @@
-/* AAPCS64 context switch: ds_ctx_switch() and the trampoline that starts a
+/* AAPCS64 context switch: ds_ctx_switch_publish() and the trampoline that starts a
  * context prepared by ds_ctx_make() (src/ctx-asm.c, which must match the frame
  * below). Runs on whichever stack calls it, and leaves on the other one.
  *
@@ -27,12 +27,13 @@
 
 	.text
 
-	.globl	ds_ctx_switch
-	.hidden	ds_ctx_switch
-	.type	ds_ctx_switch, %function
+	.globl	ds_ctx_switch_publish
+	.hidden	ds_ctx_switch_publish
+	.type	ds_ctx_switch_publish, %function
 	.p2align 4
-/* void ds_ctx_switch(ds_ctx_t *from, ds_ctx_t *to): from in x0, to in x1. */
-ds_ctx_switch:
+/* int ds_ctx_switch_publish(ds_ctx_t *from, ds_ctx_t *to, _Atomic int *publish,
+ * int value): from in x0, to in x1, publish in x2, value in w3. */
+ds_ctx_switch_publish:
 	.cfi_startproc
 	hint	#34			/* bti c: a NOP unless the page is guarded */
 	sub	sp, sp, #160
@@ -74,6 +75,10 @@ ds_ctx_switch:
 	 * layout, so the CFI above describes it just as well. */
 	ldr	x9, [x1]
 	mov	sp, x9
+	/* Off the old stack: another thread may take it now (release). */
+	cbz	x2, 1f
+	stlr	w3, [x2]
+1:
 	ldp	x19, x20, [sp, #0]
 	ldp	x21, x22, [sp, #16]
 	ldp	x23, x24, [sp, #32]
@@ -106,22 +111,23 @@ ds_ctx_switch:
 	.cfi_restore d13
 	.cfi_restore d14
 	.cfi_restore d15
+	mov	w0, #0			/* the return value */
 	RESUME
 	.cfi_endproc
-	.size	ds_ctx_switch, .-ds_ctx_switch
+	.size	ds_ctx_switch_publish, .-ds_ctx_switch_publish
 
 	.globl	ds_ctx_trampoline
 	.hidden	ds_ctx_trampoline
 	.type	ds_ctx_trampoline, %function
 	.p2align 4
-/* First code of every new context, reached from ds_ctx_switch with sp at the
+/* First code of every new context, reached from ds_ctx_switch_publish with sp at the
  * top of the new stack (16-byte aligned, as AAPCS64 requires at all times).
  * Its frame is the outermost one: x30 is undefined, so debuggers and
  * unwinders stop here; x29 is 0 for frame-pointer walkers. It needs no
  * landing pad: under BTI it is entered by ret, which BTI does not check. */
 	.cfi_startproc
 	.cfi_undefined x30
-	/* While ds_ctx_switch runs on a new stack, its return address is the
+	/* While ds_ctx_switch_publish runs on a new stack, its return address is the
 	 * trampoline itself; unwinders look up return address - 1, so the word
 	 * before has to belong to this FDE too. */
 	nop

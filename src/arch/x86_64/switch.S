@@ -1,4 +1,4 @@
-/* x86-64 SysV context switch: ds_ctx_switch() and the trampoline that starts a
+/* x86-64 SysV context switch: ds_ctx_switch_publish() and the trampoline that starts a
  * context prepared by ds_ctx_make() (src/ctx-asm.c, which must match the frame
  * below). Runs on whichever stack calls it, and leaves on the other one.
  *
@@ -18,14 +18,17 @@
 
 	.text
 
-	.globl	ds_ctx_switch
-	.hidden	ds_ctx_switch
-	.type	ds_ctx_switch, @function
+	.globl	ds_ctx_switch_publish
+	.hidden	ds_ctx_switch_publish
+	.type	ds_ctx_switch_publish, @function
 	.p2align 4
-/* void ds_ctx_switch(ds_ctx_t *from, ds_ctx_t *to): from in rdi, to in rsi. */
-ds_ctx_switch:
+/* int ds_ctx_switch_publish(ds_ctx_t *from, ds_ctx_t *to, _Atomic int *publish,
+ * int value): from in rdi, to in rsi, publish in rdx, value in ecx. */
+ds_ctx_switch_publish:
 	.cfi_startproc
 	endbr64
+	movq	%rdx, %r9		/* rdx and ecx are needed below */
+	movl	%ecx, %r8d
 	pushq	%rbp
 	.cfi_adjust_cfa_offset 8
 	.cfi_rel_offset rbp, 0
@@ -56,6 +59,12 @@ ds_ctx_switch:
 	/* From here on rsp is in the other context's frame, which has the same
 	 * layout, so the CFI above describes it just as well. */
 	movq	(%rsi), %rsp
+	/* Off the old stack: another thread may take it now. A plain store is a
+	 * release store on x86-64. */
+	testq	%r9, %r9
+	jz	1f
+	movl	%r8d, (%r9)
+1:
 	/* Loading MXCSR costs ~70 ns even with an equal value (DESIGN.md §3):
 	 * load only when the control bits (all but the six status flags,
 	 * bits 0-5) differ, which is almost never. */
@@ -88,6 +97,7 @@ ds_ctx_switch:
 	popq	%rbp
 	.cfi_adjust_cfa_offset -8
 	.cfi_restore rbp
+	xorl	%eax, %eax		/* the return value, 0 */
 	/* pop+jmp, not ret: the return-stack predictor expects the caller of
 	 * this call, which is in the other context, so ret would mispredict on
 	 * every switch (12.8 ns vs 2.6 ns one way, DESIGN.md §3). */
@@ -112,19 +122,19 @@ ds_ctx_switch:
 	fldcw	4(%rsp)
 	jmp	.Lfpucw_done
 	.cfi_endproc
-	.size	ds_ctx_switch, .-ds_ctx_switch
+	.size	ds_ctx_switch_publish, .-ds_ctx_switch_publish
 
 	.globl	ds_ctx_trampoline
 	.hidden	ds_ctx_trampoline
 	.type	ds_ctx_trampoline, @function
 	.p2align 4
-/* First code of every new context, reached by the jmp of ds_ctx_switch with
+/* First code of every new context, reached by the jmp of ds_ctx_switch_publish with
  * rsp at the top of the new stack (16-byte aligned, as a call needs). Its
  * frame is the outermost one: no return address, so debuggers and unwinders
  * stop here instead of wandering past the top of the stack. */
 	.cfi_startproc
 	.cfi_undefined rip
-	/* While ds_ctx_switch runs on a new stack, its return address is the
+	/* While ds_ctx_switch_publish runs on a new stack, its return address is the
 	 * trampoline itself; unwinders look up return address - 1, so that byte
 	 * has to belong to this FDE too. */
 	nop
