@@ -169,7 +169,7 @@ DYNSTACK_API dynstack_coro_t *dynstack_coro_current(void);
 	X(nr_dynamic_stacks_pages, gauge, "pages committed on live stacks")                        \
 	X(nr_dynamic_stacks_faults, event, "faults that committed pages")                          \
 	X(nr_dynamic_stacks_spurious, event, "faults on pages already committed (retried)")        \
-	X(nr_dynamic_stacks_overflows, event, "faults on a guard page (reported)")                  \
+	X(nr_dynamic_stacks_overflows, event, "faults on a guard page (reported)")                 \
 	X(nr_dynamic_stacks_commit_failed, event, "commits the kernel refused (reported)")         \
 	X(nr_dynamic_stacks_foreign, event, "faults not ours, passed to the previous handler")     \
 	X(nr_dynamic_stacks_created, event, "stacks created")                                      \

@@ -44,7 +44,8 @@ struct dynstack *ds_arena_lookup_sigsafe(uintptr_t addr)
 	ds_arena_ref *map = atomic_load_explicit(&chunk_map, memory_order_acquire);
 	if (!map || (addr >> DS_VA_BITS))
 		return NULL;
-	struct ds_arena *a = atomic_load_explicit(&map[addr >> DS_CHUNK_SHIFT], memory_order_acquire);
+	struct ds_arena *a =
+		atomic_load_explicit(&map[addr >> DS_CHUNK_SHIFT], memory_order_acquire);
 	if (!a || addr < a->base || addr >= a->end)
 		return NULL;
 	return &a->slots[(addr - a->base) >> a->shift];

@@ -10,9 +10,9 @@
 #include "internal.h"
 
 struct dynstack_coro {
-	ds_ctx_t ctx;	     /* the coroutine's saved state */
-	ds_ctx_t caller;     /* the resumer's saved state, valid while it runs */
-	_Atomic int status;  /* dynstack_coro_status_t */
+	ds_ctx_t ctx;		      /* the coroutine's saved state */
+	ds_ctx_t caller;	      /* the resumer's saved state, valid while it runs */
+	_Atomic int status;	      /* dynstack_coro_status_t */
 	struct dynstack_coro *parent; /* coroutine that resumed it, or NULL */
 	struct dynstack *stack;
 	dynstack_coro_fn fn;

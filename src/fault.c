@@ -91,8 +91,8 @@ static void die_by_default_sigsafe(int sig, const siginfo_t *si)
 
 static void chain_sigsafe(int sig, siginfo_t *si, void *uctx)
 {
-	struct sigaction *p = &prev_tab[atomic_load_explicit(&prev_cur, memory_order_acquire)]
-				       [sig_index(sig)];
+	struct sigaction *p =
+		&prev_tab[atomic_load_explicit(&prev_cur, memory_order_acquire)][sig_index(sig)];
 	bool siginfo = p->sa_flags & SA_SIGINFO;
 
 	DS_STAT_ADD(nr_dynamic_stacks_foreign, 1);

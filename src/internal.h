@@ -49,8 +49,10 @@ struct ds_counters {
 #undef DS_COUNTER_FIELD_
 };
 DS_HIDDEN extern struct ds_counters ds_counters;
-#define DS_STAT_ADD(name, n) atomic_fetch_add_explicit(&ds_counters.name, (uint64_t)(n), memory_order_relaxed)
-#define DS_STAT_SUB(name, n) atomic_fetch_sub_explicit(&ds_counters.name, (uint64_t)(n), memory_order_relaxed)
+#define DS_STAT_ADD(name, n)                                                                       \
+	atomic_fetch_add_explicit(&ds_counters.name, (uint64_t)(n), memory_order_relaxed)
+#define DS_STAT_SUB(name, n)                                                                       \
+	atomic_fetch_sub_explicit(&ds_counters.name, (uint64_t)(n), memory_order_relaxed)
 
 /* ---- error.c / fmt: async-signal-safe text output */
 struct ds_buf {

@@ -37,10 +37,23 @@ static int parse_size(const char *s, size_t *out)
 		return -EINVAL;
 	unsigned shift = 0;
 	switch (*end) {
-	case 'k': case 'K': shift = 10; end++; break;
-	case 'm': case 'M': shift = 20; end++; break;
-	case 'g': case 'G': shift = 30; end++; break;
-	default: break;
+	case 'k':
+	case 'K':
+		shift = 10;
+		end++;
+		break;
+	case 'm':
+	case 'M':
+		shift = 20;
+		end++;
+		break;
+	case 'g':
+	case 'G':
+		shift = 30;
+		end++;
+		break;
+	default:
+		break;
 	}
 	if (*end || (shift && v > (~0ull >> shift)))
 		return -EINVAL;
@@ -70,7 +83,8 @@ int ds_options_from_env(dynstack_config_t *cfg)
 	if ((v = getenv("DYNSTACK_SIZE")) && *v) {
 		size_t sz;
 		if (parse_size(v, &sz) || !sz || sz > DYNSTACK_MAX_SIZE)
-			return env_error("DYNSTACK_SIZE", v, "a byte count like 16384 or 64k, <= 1G");
+			return env_error("DYNSTACK_SIZE", v,
+					 "a byte count like 16384 or 64k, <= 1G");
 		cfg->default_size = sz;
 	}
 	if ((v = getenv("DYNSTACK_STATS")) && *v) {
@@ -92,7 +106,8 @@ int ds_options_validate(const dynstack_config_t *cfg)
 		return -EINVAL;
 	if (!cfg->default_size || cfg->default_size > DYNSTACK_MAX_SIZE)
 		return -EINVAL;
-	if (cfg->sync_stack_size < DYNSTACK_MIN_SYNC_STACK || cfg->sync_stack_size > ((size_t)1 << 30))
+	if (cfg->sync_stack_size < DYNSTACK_MIN_SYNC_STACK ||
+	    cfg->sync_stack_size > ((size_t)1 << 30))
 		return -EINVAL;
 	return 0;
 }

@@ -245,8 +245,9 @@ enum ds_fault_kind ds_stack_fault_sigsafe(struct dynstack *s, uintptr_t addr, in
 		DS_STAT_ADD(nr_dynamic_stacks_commit_failed, 1);
 		return DS_FAULT_COMMIT_FAILED;
 	}
-	while (edge > page && !atomic_compare_exchange_weak_explicit(
-				      &s->edge, &edge, page, memory_order_acq_rel, memory_order_acquire))
+	while (edge > page &&
+	       !atomic_compare_exchange_weak_explicit(&s->edge, &edge, page, memory_order_acq_rel,
+						      memory_order_acquire))
 		;
 	if (edge <= page) {
 		/* Another thread committed the range first: its fault counts. */
@@ -256,8 +257,9 @@ enum ds_fault_kind ds_stack_fault_sigsafe(struct dynstack *s, uintptr_t addr, in
 	DS_STAT_ADD(nr_dynamic_stacks_pages, (edge - page) / ds_os_page_size());
 	DS_STAT_ADD(nr_dynamic_stacks_faults, 1);
 	uintptr_t peak = atomic_load_explicit(&s->peak_edge, memory_order_relaxed);
-	while (peak > page && !atomic_compare_exchange_weak_explicit(
-				      &s->peak_edge, &peak, page, memory_order_relaxed, memory_order_relaxed))
+	while (peak > page &&
+	       !atomic_compare_exchange_weak_explicit(&s->peak_edge, &peak, page,
+						      memory_order_relaxed, memory_order_relaxed))
 		;
 	return DS_FAULT_COMMITTED;
 }

@@ -41,7 +41,7 @@ DYNSTACK_API int dynstack_stats_print(int fd)
 	int rc = 0;
 #define DS_PRINT_(name, kind, desc)                                                                \
 	ds_buf_str_sigsafe(&b, #name " ");                                                         \
-	ds_buf_dec_sigsafe(&b, atomic_load_explicit(&ds_counters.name, memory_order_relaxed));    \
+	ds_buf_dec_sigsafe(&b, atomic_load_explicit(&ds_counters.name, memory_order_relaxed));     \
 	ds_buf_str_sigsafe(&b, "\n");                                                              \
 	if (b.len > sizeof(b.data) - 96) {                                                         \
 		if ((rc = ds_buf_write_sigsafe(&b, fd)) < 0)                                       \

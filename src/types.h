@@ -52,9 +52,9 @@ struct dynstack {
 /* A reservation for one size class. Immutable once published, except for
  * the bump counters `used` and `prepared`, guarded by its class lock. */
 struct ds_arena {
-	uintptr_t base;		/* DS_CHUNK_SIZE-aligned */
-	uintptr_t end;		/* base + nslots << shift */
-	unsigned shift;		/* log2(stride) */
+	uintptr_t base; /* DS_CHUNK_SIZE-aligned */
+	uintptr_t end;	/* base + nslots << shift */
+	unsigned shift; /* log2(stride) */
 	size_t nslots;
 	size_t used;		/* slots [0, used) have been handed out once */
 	size_t prepared;	/* slots [0, prepared) have been made ready */
