@@ -142,8 +142,9 @@ typedef enum dynstack_coro_status {
 DYNSTACK_API int dynstack_coro_create(dynstack_coro_t **out, dynstack_coro_fn fn, void *arg,
 				      const dynstack_attr_t *attr);
 /* Run c until it yields or returns. It may be resumed from any OS thread,
- * never from two at once. -EINVAL: NULL or dead; -EBUSY: already running
- * (or resumed from inside itself); -ENOMEM: no sync stack for this thread. */
+ * never from two at once (a contract, not arbitrated). -EINVAL: NULL or
+ * dead; -EBUSY: running, waiting for a coroutine it resumed, or resumed from
+ * inside itself; -ENOMEM: no sync stack for this thread. */
 DYNSTACK_API int dynstack_coro_resume(dynstack_coro_t *c);
 /* Suspend the running coroutine, back to whoever resumed it. -EPERM when
  * called outside a coroutine. */
