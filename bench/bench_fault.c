@@ -16,6 +16,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench.h"
+
 /* Guard regions (Linux 6.13); glibc 2.36 does not name them. */
 #ifndef MADV_GUARD_INSTALL
 #define MADV_GUARD_INSTALL 102
@@ -64,13 +66,6 @@ static size_t page;
 /* Bare handler state: written before the handler is installed, read inside it. */
 static int bare_mprotect;
 static volatile size_t bare_faults;
-
-static double now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1e9 + ts.tv_nsec;
-}
 
 /* One write per page, top-down as a stack grows: the page below `from` first, then the next. */
 static __attribute__((noinline)) double touch_down(char *from, size_t pages)
@@ -296,18 +291,6 @@ static int run_child(enum bench_case c, struct report *r)
 				 WIFEXITED(st) ? WEXITSTATUS(st) : -1);
 	}
 	return 0;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
-static double median(double *v, size_t n)
-{
-	qsort(v, n, sizeof(*v), cmp_double);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 int main(void)

@@ -10,6 +10,8 @@
 #include <time.h>
 #include <ucontext.h>
 
+#include "bench.h"
+
 #include "ctx.h"
 
 #define ROUNDS 7
@@ -18,27 +20,6 @@
  * assembly switch, ~450 ns for swapcontext), long enough that the clock read vanishes. */
 #define PAIRS_FAST (1L << 21)
 #define PAIRS_SLOW (1L << 15)
-
-static double now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1e9 + ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return (x > y) - (x < y);
-}
-
-static double median(double *v, size_t n)
-{
-	qsort(v, n, sizeof(*v), cmp_double);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 static void *stack_new(void)
 {
