@@ -1,9 +1,12 @@
 /* What one page of stack growth costs through the library's fault path, per backend, next to
- * the kernel's own demand paging and to a bare handler that makes only the same commit syscall.
- * The backend is process-wide, so every case runs in a forked child and reports by a pipe. */
+ * the kernel's own demand paging and to a bare handler that makes only the same commit syscall;
+ * then, on the default backend, what it costs under each built-in fault policy, with and without
+ * populate. The backend is process-wide, so every case runs in a forked child and reports by a
+ * pipe. */
 #include <dynstack.h>
 #include <errno.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -40,10 +43,32 @@ enum bench_case {
 	CASE_GUARD_BARE,
 	CASE_MPROTECT,
 	CASE_MPROTECT_BARE,
-	CASES
+	CASE_POLICY, /* the first of the policy cases, one per entry of policies[] */
+	CASES = CASE_POLICY + 8
 };
 
-static const char *const case_name[CASES] = {
+/* The policy cases run on a recycled stack of PAGES + 1 pages: each run destroys its stack and
+ * creates the next one under the same name, as a pool of coroutines does, so that learn knows
+ * the depth of the run before (the warm-up run teaches the first measured one). */
+static const struct policy_case {
+	const char *name; /* of the figure */
+	const char *spec;
+	unsigned step; /* pages per fault under step=N; 0 for double and learn */
+	bool learn;    /* one fault per run once a run has taught it the depth */
+	bool populate;
+} policies[CASES - CASE_POLICY] = {
+	{ "fault_policy_step1", "step=1", 1, false, false },
+	{ "fault_policy_step1_populate", "step=1,populate", 1, false, true },
+	{ "fault_policy_step4", "step=4", 4, false, false },
+	{ "fault_policy_step4_populate", "step=4,populate", 4, false, true },
+	{ "fault_policy_double", "double", 0, false, false },
+	{ "fault_policy_double_populate", "double,populate", 0, false, true },
+	{ "fault_policy_learn", "learn", 0, true, false },
+	{ "fault_policy_learn_populate", "learn,populate", 0, true, true },
+};
+#define DOUBLE_CAP (256 * 1024) /* double's default cap per fault, in bytes */
+
+static const char *case_name[CASES] = {
 	"fault_baseline_kernel", "fault_guard_ours",	"fault_guard_bare",
 	"fault_mprotect_ours",	 "fault_mprotect_bare",
 };
@@ -62,6 +87,8 @@ struct report {
 };
 
 static size_t page;
+/* The policy case a child runs; NULL: the library's default policy, step=1. */
+static const struct policy_case *policy;
 
 /* Bare handler state: written before the handler is installed, read inside it. */
 static int bare_mprotect;
@@ -114,8 +141,31 @@ static int run_baseline(struct report *r, int run)
 	return 0;
 }
 
-/* 2, 3. The library: a stack touched from the main stack through a pointer. The handler
- * classifies by address, so this is the whole fault path without any context switch. */
+/* The faults a run must report to the stats: the policy's rule replayed on the page-by-page
+ * descent from the committed top page. The figures count only if every fault was reported. */
+static uint64_t expected_faults(int run)
+{
+	size_t top = PAGES + 1, committed = 1, cap = DOUBLE_CAP / page, n = 0;
+
+	if (policy && policy->learn && run >= 0)
+		return 1; /* the warm-up run (-1) taught it the whole depth */
+	for (size_t depth = 2; depth <= top; depth++) {
+		if (depth <= committed)
+			continue;
+		n++;
+		if (policy && !policy->step && !policy->learn)
+			committed += committed < cap ? committed : cap;
+		else
+			committed = depth + (policy && policy->step ? policy->step - 1 : 0);
+		if (committed > top)
+			committed = top;
+	}
+	return n;
+}
+
+/* 2, 3, and the policy cases. The library: a stack touched from the main stack through a
+ * pointer. The handler classifies by address, so this is the whole fault path without any
+ * context switch. */
 static int run_library(struct report *r, int run)
 {
 	dynstack_attr_t attr;
@@ -126,6 +176,8 @@ static int run_library(struct report *r, int run)
 
 	dynstack_attr_init(&attr);
 	attr.size = (PAGES + 1) * page; /* the top page is committed at creation */
+	attr.name = "bench-fault";
+	attr.policy = policy ? policy->spec : NULL;
 	if ((rc = dynstack_create(&s, &attr)))
 		return fail(r, CHILD_ERROR, "dynstack_create", -rc);
 	char *top = dynstack_top(s);
@@ -134,14 +186,21 @@ static int run_library(struct report *r, int run)
 	double ns = touch_down(top - page, PAGES);
 	dynstack_stats_get(&after);
 	/* Destroyed after every run: the next one gets the same slot back decommitted, so every
-	 * run faults on every page. */
+	 * run faults on every page it does not commit in bulk. */
 	dynstack_destroy(s);
-	if (after.nr_dynamic_stacks_faults - before.nr_dynamic_stacks_faults != PAGES) {
+	uint64_t faults = after.nr_dynamic_stacks_faults - before.nr_dynamic_stacks_faults;
+	uint64_t populated = after.nr_dynamic_stacks_populated - before.nr_dynamic_stacks_populated;
+	if (faults != expected_faults(run)) {
 		r->status = CHILD_ERROR;
-		snprintf(r->why, sizeof(r->why), "%llu faults for %d pages: not one per page",
-			 (unsigned long long)(after.nr_dynamic_stacks_faults -
-					      before.nr_dynamic_stacks_faults),
-			 PAGES);
+		snprintf(r->why, sizeof(r->why), "%llu faults for %d pages, expected %llu",
+			 (unsigned long long)faults, PAGES,
+			 (unsigned long long)expected_faults(run));
+		return -1;
+	}
+	if (policy && policy->populate && populated != PAGES) {
+		r->status = CHILD_ERROR;
+		snprintf(r->why, sizeof(r->why), "%llu pages populated of %d committed",
+			 (unsigned long long)populated, PAGES);
 		return -1;
 	}
 	if (run >= 0)
@@ -233,7 +292,17 @@ static void child_main(enum bench_case c, struct report *r)
 	int (*run)(struct report *, int) = run_baseline;
 	int rc;
 
-	if (c == CASE_GUARD || c == CASE_MPROTECT) {
+	if (c >= CASE_POLICY) {
+		/* The default backend, as an application gets it. */
+		policy = &policies[c - CASE_POLICY];
+		if ((rc = dynstack_init(NULL))) {
+			r->status = CHILD_ERROR;
+			snprintf(r->why, sizeof(r->why), "dynstack_init: %s",
+				 dynstack_strerror(rc));
+			return;
+		}
+		run = run_library;
+	} else if (c == CASE_GUARD || c == CASE_MPROTECT) {
 		dynstack_config_t cfg;
 		dynstack_config_init(&cfg);
 		cfg.backend = c == CASE_GUARD ? DYNSTACK_BACKEND_GUARD : DYNSTACK_BACKEND_MPROTECT;
@@ -302,10 +371,14 @@ int main(void)
 	int broken = 0;
 
 	page = (size_t)sysconf(_SC_PAGESIZE);
-	/* The children pick their backend through the config; an inherited DYNSTACK_BACKEND
-	 * would override it and measure one backend under the other's name. */
+	for (int c = CASE_POLICY; c < CASES; c++)
+		case_name[c] = policies[c - CASE_POLICY].name;
+	/* The children pick their backend through the config and their policy per stack; an
+	 * inherited DYNSTACK_BACKEND or DYNSTACK_POLICY would override them and measure one
+	 * case under another's name. */
 	unsetenv("DYNSTACK_BACKEND");
 	unsetenv("DYNSTACK_STATS");
+	unsetenv("DYNSTACK_POLICY");
 
 	struct utsname u;
 	if (!uname(&u))
@@ -313,6 +386,14 @@ int main(void)
 	printf("# %d pages per run, %d runs per figure (%d children x %d, each after a warm-up);"
 	       " medians\n",
 	       PAGES, SAMPLES, ROUNDS, RUNS);
+	printf("# policy cases: the default backend; faults per run, checked against"
+	       " nr_dynamic_stacks_faults in every run:");
+	for (int c = CASE_POLICY; c < CASES; c += 2) {
+		policy = &policies[c - CASE_POLICY];
+		printf(" %s %llu", policy->spec, (unsigned long long)expected_faults(0));
+	}
+	policy = NULL;
+	printf("\n");
 	/* Rounds of all cases in turn rather than one case after another: a change in machine
 	 * load then hits every case alike, and the ratios stay honest. */
 	for (int round = 0; round < ROUNDS; round++) {
@@ -364,5 +445,11 @@ int main(void)
 			printf("fault_%s_handler_overhead %.1f %%\n", backends[b].name,
 			       100.0 * (ours / bare - 1.0));
 	}
+	/* policy/baseline: at most 1.0 is growth that costs no more than plain demand paging,
+	 * though every fault still goes through the handler and is counted. */
+	for (int c = CASE_POLICY; c < CASES; c++)
+		if (med[c] && med[CASE_BASELINE])
+			printf("%s_vs_baseline %.2f x\n", case_name[c],
+			       med[c] / med[CASE_BASELINE]);
 	return broken;
 }

@@ -92,8 +92,9 @@ typedef struct dynstack dynstack_t;
 typedef struct dynstack_attr {
 	size_t struct_size; /* sizeof(dynstack_attr_t), set by _init */
 	size_t size;	    /* reservation (THREAD_SIZE); 0 = config default */
-	size_t initial;	    /* bytes committed at creation; 0 = one page */
+	size_t initial;	    /* bytes committed at creation; 0 = the policy's */
 	const char *name;   /* copied (truncated to DYNSTACK_NAME_MAX); may be NULL */
+	const char *policy; /* policy spec for this stack; NULL = the process default */
 } dynstack_attr_t;
 
 /* Fill *attr with the defaults. Returns -EINVAL for NULL. */
@@ -125,6 +126,89 @@ DYNSTACK_API uint64_t dynstack_id(const dynstack_t *stack);
 /* All of these return 0 / NULL / "" for a NULL stack. */
 
 /* ---------------------------------------------------------------------- */
+/* Fault policies                                                          */
+/*
+ * A policy decides how much a stack commits at creation, how much each fault
+ * commits, and what an overflow does. It is chosen by a spec string: a
+ * comma-separated list of items (docs/policies.md has the grammar):
+ *   step=N          commit the faulting page and N-1 more below it (default 1)
+ *   double[=CAP]    commit as much again as is committed, at most CAP per fault
+ *   learn           commit up to the high-water mark of this slot's or this
+ *                   name's previous stacks in one fault
+ *   grow=NAME       a registered user policy (NAME alone works too)
+ *   initial=SIZE    bytes committed at creation (default one page)
+ *   populate        also populate the committed pages in the same fault
+ *   overflow=abort  report, then die by SIGSEGV with a core (default)
+ *   overflow=warn:SIZE  keep SIZE bytes of reserve below the stack: crossing
+ *                   into it commits, warns once, and goes on
+ *   overflow=fail   end the coroutine; its resumer gets -EOVERFLOW
+ * SIZE takes a k/K/m/M suffix. Specs come from DYNSTACK_POLICY (at init),
+ * dynstack_policy_set(), or dynstack_attr_t.policy per stack.
+ */
+
+typedef enum dynstack_overflow_action {
+	DYNSTACK_OVERFLOW_ABORT = 0,
+	DYNSTACK_OVERFLOW_WARN = 1,
+	DYNSTACK_OVERFLOW_FAIL = 2,
+} dynstack_overflow_action_t;
+
+/* What a grow decision sees. All sizes are bytes counted down from the top. */
+typedef struct dynstack_fault_info {
+	size_t page_size;
+	size_t size;	  /* nominal usable size (THREAD_SIZE) */
+	size_t limit;	  /* the most that may be committed now (size, or size + reserve) */
+	size_t committed; /* committed before this fault */
+	size_t depth;	  /* top down to the bottom of the faulting page: the minimum */
+	size_t peak;	  /* most ever committed by this stack */
+	size_t learned;	  /* high-water of earlier stacks of this slot or name (0: none) */
+	uint64_t faults;  /* faults this stack took before this one */
+	uint64_t id;
+	const char *name;
+} dynstack_fault_info_t;
+
+/* Returns the bytes that should be committed after this fault. The library
+ * clamps the answer to [info->depth, info->limit], rounded up to pages.
+ * DYNSTACK_SIGSAFE: it runs inside the SIGSEGV handler, on the sync stack:
+ * async-signal-safe calls only, no locks, no allocation, bounded time. */
+#define DYNSTACK_SIGSAFE
+typedef size_t (*dynstack_grow_fn)(const dynstack_fault_info_t *info, void *data) DYNSTACK_SIGSAFE;
+
+typedef struct dynstack_policy {
+	size_t struct_size;    /* sizeof(dynstack_policy_t) */
+	const char *name;      /* [a-z0-9_-], 1..31 characters; the spec refers to it */
+	dynstack_grow_fn grow; /* DYNSTACK_SIGSAFE */
+	void *data;	       /* passed to grow */
+} dynstack_policy_t;
+
+/* Register a grow policy under policy->name (copied; it stays registered for
+ * the life of the process). -EINVAL: bad struct, name or NULL grow;
+ * -EEXIST: the name is taken (built-in names included); -ENOSPC: table full. */
+DYNSTACK_API int dynstack_policy_register(const dynstack_policy_t *policy);
+/* Parse spec and make it the default for stacks created from now on.
+ * -EINVAL for a bad spec (the reason is written to stderr). */
+DYNSTACK_API int dynstack_policy_set(const char *spec);
+/* Parse spec without using it; on -EINVAL, write the reason to err (may be
+ * NULL). A spec names a registered policy only once it is registered. */
+DYNSTACK_API int dynstack_policy_check(const char *spec, char *err, size_t errlen);
+/* Copy the canonical form of the default policy's spec into buf.
+ * Returns its length, or -EINVAL (NULL buf) / -ENOSPC (too small). */
+DYNSTACK_API int dynstack_policy_get(char *buf, size_t len);
+/* The canonical spec of the policy a stack runs under ("" for NULL). */
+DYNSTACK_API const char *dynstack_policy_of(const dynstack_t *stack);
+
+/* ---------------------------------------------------------------------- */
+/* Event traces (docs/trace.md)                                            */
+
+/* Start recording events (create, destroy, fault, spurious, overflow, warn)
+ * into the file at path (truncated), also done at init by DYNSTACK_TRACE=path.
+ * -EBUSY: already tracing; -errno from open. */
+DYNSTACK_API int dynstack_trace_start(const char *path);
+/* Flush every thread's buffered events and close the file. 0 if not tracing. */
+DYNSTACK_API int dynstack_trace_stop(void);
+/* Write the calling thread's buffered events to the file now. */
+DYNSTACK_API int dynstack_trace_flush(void);
+
+/* ---------------------------------------------------------------------- */
 /* Coroutines (asymmetric)                                                 */
 
 typedef struct dynstack_coro dynstack_coro_t;
@@ -144,7 +228,8 @@ DYNSTACK_API int dynstack_coro_create(dynstack_coro_t **out, dynstack_coro_fn fn
 /* Run c until it yields or returns. It may be resumed from any OS thread,
  * never from two at once (a contract, not arbitrated). -EINVAL: NULL or
  * dead; -EBUSY: running, waiting for a coroutine it resumed, or resumed from
- * inside itself; -ENOMEM: no sync stack for this thread. */
+ * inside itself; -ENOMEM: no sync stack for this thread; -EOVERFLOW: c
+ * overflowed its stack under overflow=fail and was ended (it is DEAD). */
 DYNSTACK_API int dynstack_coro_resume(dynstack_coro_t *c);
 /* Suspend the running coroutine, back to whoever resumed it. -EPERM when
  * called outside a coroutine. */
@@ -177,7 +262,13 @@ DYNSTACK_API dynstack_coro_t *dynstack_coro_current(void);
 	X(nr_dynamic_stacks_destroyed, event, "stacks destroyed")                                  \
 	X(nr_dynamic_stacks_arenas, gauge, "arenas reserved")                                      \
 	X(nr_dynamic_stacks_sync_stacks, gauge, "sync stacks installed by the library")            \
-	X(nr_dynamic_stacks_coros, gauge, "live coroutines")
+	X(nr_dynamic_stacks_coros, gauge, "live coroutines")                                       \
+	X(nr_dynamic_stacks_warnings, event,                                                       \
+	  "crossings into the overflow reserve (overflow=warn)")                                   \
+	X(nr_dynamic_stacks_failed, event, "coroutines ended by overflow=fail")                    \
+	X(nr_dynamic_stacks_populated, event, "pages populated in the fault (populate)")           \
+	X(nr_dynamic_stacks_trace_events, event, "trace events recorded")                          \
+	X(nr_dynamic_stacks_trace_dropped, event, "trace events lost to a full buffer")
 
 typedef struct dynstack_stats {
 	size_t struct_size; /* set by the caller to sizeof(dynstack_stats_t) */

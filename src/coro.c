@@ -5,6 +5,7 @@
  * coroutine's side before it switches back (see leave()). */
 #include <errno.h>
 #include <stdlib.h>
+#include <ucontext.h>
 
 #include "ctx.h"
 #include "internal.h"
@@ -26,21 +27,75 @@ static DS_TLS struct dynstack_coro *current;
  * here, before the switch, so that the resumer's side returns straight to
  * its caller (see ds_ctx_switch_publish). c's new status is published by the
  * switch itself, once c's state is saved and its stack left. */
-static inline int leave(struct dynstack_coro *c, int status)
+static inline int leave(struct dynstack_coro *c, int status, int ret)
 {
 	struct dynstack_coro *parent = c->parent;
 	current = parent;
 	if (parent)
 		atomic_store_explicit(&parent->status, DYNSTACK_CORO_RUNNING, memory_order_relaxed);
-	return ds_ctx_switch_publish(&c->ctx, &c->caller, &c->status, status);
+	return ds_ctx_switch_publish(&c->ctx, &c->caller, &c->status, status, ret);
 }
 
 /* Out of line: coro_main's frame lives across every migration of c, so the
  * TLS access in leave() must not be hoisted into it. */
 static __attribute__((noinline, noreturn)) void finish(struct dynstack_coro *c)
 {
-	leave(c, DYNSTACK_CORO_DEAD);
+	leave(c, DYNSTACK_CORO_DEAD, 0);
 	abort(); /* a dead coroutine is never resumed */
+}
+
+/* overflow=fail: the handler made the faulting thread continue here, on the
+ * top of the coroutine's own stack (its frames are abandoned). Give back all
+ * but that top page, then end the coroutine: its resumer's call returns
+ * -EOVERFLOW. Locks the coroutine held stay held and memory it owned is not
+ * freed: nothing unwinds (docs/policies.md). */
+static __attribute__((noinline, noreturn, used)) void overflow_exit(struct dynstack_coro *c)
+{
+	struct dynstack *s = c->stack;
+	size_t ps = ds_os_page_size();
+	uintptr_t edge = atomic_load_explicit(&s->edge, memory_order_acquire);
+	if (edge < s->top - ps && ds_os_decommit(ds_opt.backend, edge, s->top - ps) == 0) {
+		atomic_store_explicit(&s->edge, s->top - ps, memory_order_release);
+		DS_STAT_SUB(nr_dynamic_stacks_pages, (s->top - ps - edge) / ps);
+	}
+	DS_STAT_ADD(nr_dynamic_stacks_failed, 1);
+	leave(c, DYNSTACK_CORO_DEAD, -EOVERFLOW);
+	abort();
+}
+
+bool ds_coro_fail_redirect_sigsafe(struct dynstack *s, void *uctx)
+{
+	struct dynstack_coro *c = s->coro;
+	ucontext_t *uc = uctx;
+	if (!c || atomic_load_explicit(&c->status, memory_order_relaxed) != DYNSTACK_CORO_RUNNING)
+		return false;
+	/* Only when the thread was running on this stack: a fault from another
+	 * thread touching it is not the coroutine overflowing. The top 256
+	 * bytes are committed and no live frame of the coroutine is left. */
+	uintptr_t sp, new_sp = (s->top - 256) & ~(uintptr_t)15;
+#if defined(__x86_64__)
+	sp = (uintptr_t)uc->uc_mcontext.gregs[REG_RSP];
+	if (sp < ds_slot_base(s) || sp > s->top)
+		return false;
+	uc->uc_mcontext.gregs[REG_RSP] = (greg_t)(new_sp - 8); /* as if called */
+	uc->uc_mcontext.gregs[REG_RIP] = (greg_t)(uintptr_t)overflow_exit;
+	uc->uc_mcontext.gregs[REG_RDI] = (greg_t)(uintptr_t)c;
+	uc->uc_mcontext.gregs[REG_RBP] = 0;
+#elif defined(__aarch64__)
+	sp = (uintptr_t)uc->uc_mcontext.sp;
+	if (sp < ds_slot_base(s) || sp > s->top)
+		return false;
+	uc->uc_mcontext.sp = new_sp;
+	uc->uc_mcontext.pc = (uintptr_t)overflow_exit;
+	uc->uc_mcontext.regs[0] = (uintptr_t)c;
+	uc->uc_mcontext.regs[29] = 0;
+	uc->uc_mcontext.regs[30] = 0;
+#else
+	(void)sp;
+	(void)new_sp;
+	return false; /* no context rewrite for this CPU: overflow=fail aborts */
+#endif
+	return true;
 }
 
 static void coro_main(void *arg)
@@ -69,6 +124,7 @@ DYNSTACK_API int dynstack_coro_create(dynstack_coro_t **out, dynstack_coro_fn fn
 	}
 	c->fn = fn;
 	c->arg = arg;
+	c->stack->coro = c;
 	ds_ctx_make(&c->ctx, (void *)c->stack->lo, c->stack->top - c->stack->lo, coro_main, c);
 	atomic_store_explicit(&c->status, DYNSTACK_CORO_SUSPENDED, memory_order_release);
 	DS_STAT_ADD(nr_dynamic_stacks_coros, 1);
@@ -98,7 +154,7 @@ DYNSTACK_API int dynstack_coro_resume(dynstack_coro_t *c)
 	c->parent = parent;
 	current = c;
 	/* Tail call: c's leave() comes back directly to our caller. */
-	return ds_ctx_switch_publish(&c->caller, &c->ctx, NULL, 0);
+	return ds_ctx_switch_publish(&c->caller, &c->ctx, NULL, 0, 0);
 }
 
 DYNSTACK_API int dynstack_coro_yield(void)
@@ -107,7 +163,7 @@ DYNSTACK_API int dynstack_coro_yield(void)
 	if (!c)
 		return -EPERM;
 	/* Tail call; we may come back on another thread, to our caller. */
-	return leave(c, DYNSTACK_CORO_SUSPENDED);
+	return leave(c, DYNSTACK_CORO_SUSPENDED, 0);
 }
 
 DYNSTACK_API int dynstack_coro_status(const dynstack_coro_t *c)

@@ -13,6 +13,7 @@
  * thread (the same thread: a switch never crosses threads). */
 static __thread _Atomic int *pending_publish;
 static __thread int pending_value;
+static __thread int pending_ret;
 
 static void run_pending(void)
 {
@@ -54,12 +55,13 @@ void ds_ctx_make(ds_ctx_t *ctx, void *lo, size_t size, ds_ctx_entry_fn entry, vo
 		    LO(arg));
 }
 
-int ds_ctx_switch_publish(ds_ctx_t *from, ds_ctx_t *to, _Atomic int *publish, int value)
+int ds_ctx_switch_publish(ds_ctx_t *from, ds_ctx_t *to, _Atomic int *publish, int value, int ret)
 {
 	pending_publish = publish;
 	pending_value = value;
+	pending_ret = ret;
 	/* Fails only for invalid pointers, which are bugs in the caller. */
 	swapcontext(&from->uc, &to->uc);
 	run_pending();
-	return 0;
+	return pending_ret;
 }

@@ -30,8 +30,8 @@ void ds_ctx_make(ds_ctx_t *ctx, void *lo, size_t size, ds_ctx_entry_fn entry, vo
 /* Save the callee-saved state of the running context into *from and resume
  * *to. If publish is not NULL, store value into *publish with release order
  * once *from is saved and this thread has left its stack: that is when
- * another thread may safely resume *from. Returns 0 when somebody switches
- * back to *from.
+ * another thread may safely resume *from. The call that saved *to returns
+ * ret; this call returns whatever the switch back to *from passes.
  *
  * Callers on a hot path end with "return ds_ctx_switch(...)": the tail call
  * leaves the caller's return address as the resume address, so the other
@@ -39,12 +39,12 @@ void ds_ctx_make(ds_ctx_t *ctx, void *lo, size_t size, ds_ctx_entry_fn entry, vo
  * a return-stack entry pushed in the other context (measured here: 26 ns per
  * resume+yield pair with the bookkeeping after a normal call, 8 ns with it
  * done before and the switch tail-called). */
-int ds_ctx_switch_publish(ds_ctx_t *from, ds_ctx_t *to, _Atomic int *publish, int value)
+int ds_ctx_switch_publish(ds_ctx_t *from, ds_ctx_t *to, _Atomic int *publish, int value, int ret)
 	__attribute__((visibility("hidden")));
 
 static inline void ds_ctx_switch(ds_ctx_t *from, ds_ctx_t *to)
 {
-	ds_ctx_switch_publish(from, to, (_Atomic int *)0, 0);
+	ds_ctx_switch_publish(from, to, (_Atomic int *)0, 0, 0);
 }
 
 #endif /* DS_CTX_H */

@@ -39,7 +39,11 @@ DYNSTACK_API const char *dynstack_strerror(int err)
 	case -EOVERFLOW:
 		return "stack overflow";
 	case -ENOSPC:
-		return "the stack reservation cannot hold the request";
+		return "no room: a table or buffer is full, or the stack reservation cannot hold the "
+		       "request";
+	case -EEXIST:
+		return "already exists (a policy of that name is registered, or it is a built-in "
+		       "keyword)";
 	default:
 		return "unknown error";
 	}

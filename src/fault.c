@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "policy.h"
 
 /* A fault that keeps coming back on a page we think is committed is not a
  * commit race but something else (a user mprotect, a pkey): after this many
@@ -46,12 +47,20 @@ static void describe_stack_sigsafe(struct ds_buf *b, const struct dynstack *s, u
 	ds_buf_dec_sigsafe(b, s->top - s->lo);
 	ds_buf_str_sigsafe(b, ", committed ");
 	ds_buf_dec_sigsafe(b, s->top - edge);
+	if (s->reserve) {
+		ds_buf_str_sigsafe(b, ", reserve ");
+		ds_buf_dec_sigsafe(b, s->reserve);
+	}
+	ds_buf_str_sigsafe(b, ", policy ");
+	ds_buf_str_sigsafe(b, s->policy->spec);
 	ds_buf_str_sigsafe(b, ", range ");
 	ds_buf_hex_sigsafe(b, s->lo);
 	ds_buf_str_sigsafe(b, "-");
 	ds_buf_hex_sigsafe(b, s->top);
 	ds_buf_str_sigsafe(b, ", fault address ");
 	ds_buf_hex_sigsafe(b, addr);
+	ds_buf_str_sigsafe(b, ", depth ");
+	ds_buf_dec_sigsafe(b, s->top - addr);
 	if (addr < s->lo) {
 		ds_buf_str_sigsafe(b, ", ");
 		ds_buf_dec_sigsafe(b, s->lo - addr);
@@ -158,7 +167,20 @@ static void on_fault(int sig, siginfo_t *si, void *uctx)
 		report_sigsafe("repeated fault on a committed page (passed on)", s, addr, 0);
 		goto foreign;
 	}
+	case DS_FAULT_WARNED:
+		/* overflow=warn: past the nominal size, inside the reserve. The
+		 * pages are committed; say so once for this stack and go on. */
+		report_sigsafe("warning: stack grew past its nominal size into its reserve", s,
+			       addr, 0);
+		spurious_count = 0;
+		goto out;
 	case DS_FAULT_OVERFLOW:
+		if (s->policy->overflow == DYNSTACK_OVERFLOW_FAIL &&
+		    ds_coro_fail_redirect_sigsafe(s, uctx)) {
+			report_sigsafe("stack overflow (overflow=fail: the coroutine is ended)", s,
+				       addr, 0);
+			goto out;
+		}
 		report_sigsafe("stack overflow", s, addr, 0);
 		die_by_default_sigsafe(sig, si);
 		goto out;

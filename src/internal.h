@@ -23,7 +23,8 @@ static inline void ds_errno_restore(const int *saved)
 {
 	errno = *saved;
 }
-#define DS_KEEP_ERRNO() int ds_saved_errno_ __attribute__((cleanup(ds_errno_restore))) = errno
+#define DS_KEEP_ERRNO()                                                                            \
+	int ds_saved_errno_ __attribute__((cleanup(ds_errno_restore), unused)) = errno
 
 #define DS_CHUNK_SHIFT 30 /* arenas are aligned to, and a multiple of, 1 GiB */
 #define DS_CHUNK_SIZE ((uintptr_t)1 << DS_CHUNK_SHIFT)
@@ -82,6 +83,9 @@ DS_HIDDEN bool ds_os_guard_supported(void);
 DS_HIDDEN int ds_os_prepare(dynstack_backend_t be, uintptr_t lo, uintptr_t hi);
 /* Commit [lo, hi): accessible, pages allocated by the kernel on touch. */
 DS_HIDDEN int ds_os_commit_sigsafe(dynstack_backend_t be, uintptr_t lo, uintptr_t hi);
+/* Allocate the pages of committed [lo, hi) now (MADV_POPULATE_WRITE, Linux
+ * 5.14) so the access that faulted does not fault again. */
+DS_HIDDEN int ds_os_populate_sigsafe(uintptr_t lo, uintptr_t hi);
 /* Decommit [lo, hi): pages freed and inaccessible again. */
 DS_HIDDEN int ds_os_decommit(dynstack_backend_t be, uintptr_t lo, uintptr_t hi);
 DS_HIDDEN int ds_os_sigaction(int sig, const struct sigaction *act, struct sigaction *old);
@@ -116,12 +120,24 @@ enum ds_fault_kind {
 	DS_FAULT_FOREIGN = 0,  /* not ours: chain */
 	DS_FAULT_COMMITTED,    /* pages committed: retry the access */
 	DS_FAULT_SPURIOUS,     /* already committed: retry the access */
-	DS_FAULT_OVERFLOW,     /* floor page hit: report and die */
+	DS_FAULT_WARNED,       /* committed in the reserve, first time: warn, retry */
+	DS_FAULT_OVERFLOW,     /* floor hit: the policy's overflow action */
 	DS_FAULT_COMMIT_FAILED /* the kernel refused the commit: report and die */
 };
 DS_HIDDEN enum ds_fault_kind ds_stack_fault_sigsafe(struct dynstack *s, uintptr_t addr, int *err);
 DS_HIDDEN int ds_stack_create(struct dynstack **out, const dynstack_attr_t *attr, uint32_t flags);
 DS_HIDDEN void ds_stack_release(struct dynstack *s);
+
+/* ---- coro.c: overflow=fail. If the fault interrupted code running on s
+ * (its owning coroutine), rewrite the interrupted context so that it ends
+ * the coroutine instead; returns false when that cannot be done. */
+DS_HIDDEN bool ds_coro_fail_redirect_sigsafe(struct dynstack *s, void *uctx);
+
+/* ---- policy.c */
+struct ds_policy;
+DS_HIDDEN int ds_policy_from_spec(const char *spec, const struct ds_policy **out, char *err,
+				  size_t errlen);
+DS_HIDDEN void dynstack_policy_set_interned(const struct ds_policy *p);
 
 /* ---- init (stack.c): implicit dynstack_init(NULL) */
 DS_HIDDEN int ds_init_once(void);

@@ -16,6 +16,9 @@
 
 /* Guard regions (Linux 6.13): markers in the page tables that fault like
  * PROT_NONE without splitting the VMA. glibc 2.36 does not name them. */
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
 #ifndef MADV_GUARD_INSTALL
 #define MADV_GUARD_INSTALL 102
 #define MADV_GUARD_REMOVE 103
@@ -133,6 +136,11 @@ int ds_os_commit_sigsafe(dynstack_backend_t be, uintptr_t lo, uintptr_t hi)
 	else
 		rc = mprotect((void *)lo, hi - lo, PROT_READ | PROT_WRITE);
 	return rc ? -errno : 0;
+}
+
+int ds_os_populate_sigsafe(uintptr_t lo, uintptr_t hi)
+{
+	return madvise((void *)lo, hi - lo, MADV_POPULATE_WRITE) ? -errno : 0;
 }
 
 int ds_os_decommit(dynstack_backend_t be, uintptr_t lo, uintptr_t hi)

@@ -4,11 +4,14 @@
  * stack need no lock: both commits are idempotent, the CAS winner counts. */
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "internal.h"
+#include "policy.h"
+#include "trace.h"
 
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic int initialized;
@@ -58,6 +61,20 @@ DYNSTACK_API int dynstack_init(const dynstack_config_t *cfg)
 	}
 	if ((rc = resolve_backend(c.backend, &be)))
 		goto out;
+	const char *spec = getenv("DYNSTACK_POLICY");
+	if (spec && *spec) {
+		char err[160];
+		const struct ds_policy *pol;
+		if ((rc = ds_policy_from_spec(spec, &pol, err, sizeof(err)))) {
+			fprintf(stderr, "libdynstack: DYNSTACK_POLICY=\"%s\" is not valid: %s\n",
+				spec, err);
+			goto out;
+		}
+		dynstack_policy_set_interned(pol);
+	} else if (!ds_policy_default()) {
+		rc = -ENOMEM;
+		goto out;
+	}
 	ds_opt.backend = be;
 	ds_opt.default_size = c.default_size;
 	ds_opt.sync_stack_size = c.sync_stack_size;
@@ -68,6 +85,9 @@ DYNSTACK_API int dynstack_init(const dynstack_config_t *cfg)
 	if (c.stats_at_exit)
 		atexit(print_stats_at_exit);
 	atomic_store_explicit(&initialized, 1, memory_order_release);
+	pthread_mutex_unlock(&init_lock);
+	/* Outside the lock: starting a trace may itself ask for init. */
+	return ds_trace_init_from_env();
 out:
 	pthread_mutex_unlock(&init_lock);
 	return rc;
@@ -102,10 +122,41 @@ static size_t page_round(size_t v)
 	return (v + ps - 1) & ~(ps - 1);
 }
 
+/* learn's per-name memory: the peak of the last stack destroyed under each
+ * name bucket. Written at destroy, read at create, never in the handler. */
+static _Atomic size_t site_hist[DS_SITES];
+
+static void trace_create(const struct dynstack *s, size_t committed)
+{
+	/* The record and the name that follows it, in one aligned buffer. */
+	union {
+		struct ds_ev_create ev;
+		char bytes[sizeof(struct ds_ev_create) + DYNSTACK_NAME_MAX + 8];
+	} r;
+	size_t nlen = strlen(s->name);
+	memset(&r, 0, sizeof(r));
+	r.ev.h.type = DS_EV_CREATE;
+	r.ev.h.len = (uint16_t)((sizeof(r.ev) + nlen + 7) & ~(size_t)7);
+	r.ev.h.time_ns = ds_trace_now_sigsafe();
+	r.ev.h.stack = s->id;
+	r.ev.size = s->top - s->lo;
+	r.ev.committed = committed;
+	r.ev.reserve = s->reserve;
+	r.ev.slot = ds_slot_base(s);
+	r.ev.learned = s->learned;
+	r.ev.policy = s->policy->id;
+	r.ev.name_len = (uint32_t)nlen;
+	memcpy(r.bytes + sizeof(r.ev), s->name, nlen);
+	ds_trace_emit_sigsafe(&r);
+	ds_trace_flush_maybe();
+}
+
 int ds_stack_create(struct dynstack **out, const dynstack_attr_t *attr, uint32_t flags)
 {
 	dynstack_attr_t a;
+	const struct ds_policy *pol;
 	struct dynstack *s;
+	char err[160];
 	int rc;
 
 	*out = NULL;
@@ -122,14 +173,23 @@ int ds_stack_create(struct dynstack **out, const dynstack_attr_t *attr, uint32_t
 	size_t size = a.size ? a.size : ds_opt.default_size;
 	if (size > DYNSTACK_MAX_SIZE || a.initial > size)
 		return -EINVAL;
+	if (a.policy) {
+		if ((rc = ds_policy_from_spec(a.policy, &pol, err, sizeof(err))))
+			return rc;
+	} else if (!(pol = ds_policy_default())) {
+		return -ENOMEM;
+	}
 	size = page_round(size);
-	size_t initial = a.initial ? page_round(a.initial) : ps;
+	size_t reserve = pol->overflow == DYNSTACK_OVERFLOW_WARN ? page_round(pol->reserve) : 0;
+	if (size + reserve > DYNSTACK_MAX_SIZE)
+		return -EINVAL;
+	size_t initial = a.initial ? page_round(a.initial) : ds_policy_initial(pol, size, ps);
 	/* Valgrind restarts a faulting push with a wrong stack pointer: under
 	 * it, stacks are committed whole and never fault. */
 	if (ds_os_on_valgrind())
 		initial = size;
 
-	if ((rc = ds_arena_slot_get(size, &s)))
+	if ((rc = ds_arena_slot_get(size + reserve, &s)))
 		return rc;
 	uintptr_t top = ds_slot_base(s) + ((uintptr_t)1 << s->arena->shift);
 	if ((rc = ds_os_commit_sigsafe(ds_opt.backend, top - initial, top))) {
@@ -138,11 +198,22 @@ int ds_stack_create(struct dynstack **out, const dynstack_attr_t *attr, uint32_t
 	}
 	s->lo = top - size;
 	s->top = top;
+	s->reserve = reserve;
 	s->flags = flags;
+	s->policy = pol;
+	s->coro = NULL;
 	s->id = atomic_fetch_add_explicit(&next_id, 1, memory_order_relaxed) + 1;
 	memset(s->name, 0, sizeof(s->name));
 	if (a.name)
 		strncpy(s->name, a.name, DYNSTACK_NAME_MAX);
+	unsigned site = ds_policy_site(s->name);
+	size_t learned = s->slot_hist;
+	size_t from_site = site != DS_NO_SITE ? atomic_load(&site_hist[site]) : 0;
+	if (from_site > learned)
+		learned = from_site;
+	s->learned = learned;
+	atomic_store_explicit(&s->faults, 0, memory_order_relaxed);
+	atomic_store_explicit(&s->warned, 0, memory_order_relaxed);
 	atomic_store_explicit(&s->edge, top - initial, memory_order_relaxed);
 	atomic_store_explicit(&s->peak_edge, top - initial, memory_order_relaxed);
 	/* Publish: from here the handler treats faults in the slot as ours. */
@@ -150,6 +221,8 @@ int ds_stack_create(struct dynstack **out, const dynstack_attr_t *attr, uint32_t
 	DS_STAT_ADD(nr_dynamic_stacks, 1);
 	DS_STAT_ADD(nr_dynamic_stacks_pages, initial / ps);
 	DS_STAT_ADD(nr_dynamic_stacks_created, 1);
+	if (atomic_load_explicit(&ds_trace_on, memory_order_relaxed))
+		trace_create(s, initial);
 	*out = s;
 	return 0;
 }
@@ -159,9 +232,27 @@ void ds_stack_release(struct dynstack *s)
 	size_t ps = ds_os_page_size();
 	atomic_store_explicit(&s->state, DS_SLOT_FREE, memory_order_release);
 	uintptr_t edge = atomic_load_explicit(&s->edge, memory_order_acquire);
+	size_t peak = s->top - atomic_load_explicit(&s->peak_edge, memory_order_relaxed);
 	DS_STAT_SUB(nr_dynamic_stacks, 1);
 	DS_STAT_SUB(nr_dynamic_stacks_pages, (s->top - edge) / ps);
 	DS_STAT_ADD(nr_dynamic_stacks_destroyed, 1);
+	/* learn: the next stack of this slot or name starts from this peak. */
+	s->slot_hist = peak;
+	unsigned site = ds_policy_site(s->name);
+	if (site != DS_NO_SITE)
+		atomic_store(&site_hist[site], peak);
+	if (atomic_load_explicit(&ds_trace_on, memory_order_relaxed)) {
+		struct ds_ev_destroy r;
+		memset(&r, 0, sizeof(r));
+		r.h.type = DS_EV_DESTROY;
+		r.h.len = sizeof(r);
+		r.h.time_ns = ds_trace_now_sigsafe();
+		r.h.stack = s->id;
+		r.peak = peak;
+		r.committed = s->top - edge;
+		ds_trace_emit_sigsafe(&r);
+		ds_trace_flush_maybe();
+	}
 	if (ds_os_decommit(ds_opt.backend, edge, s->top)) {
 		/* Cannot happen by construction (see ds_os_decommit); if the
 		 * kernel still refuses, the slot is never reused rather than
@@ -223,43 +314,98 @@ DYNSTACK_API uint64_t dynstack_id(const dynstack_t *s)
 	return s ? s->id : 0;
 }
 
+static void trace_fault_sigsafe(int type, const struct dynstack *s, size_t depth, size_t committed,
+				uint64_t t0)
+{
+	struct ds_ev_fault r;
+	memset(&r, 0, sizeof(r));
+	r.h.type = (uint16_t)type;
+	r.h.len = sizeof(r);
+	r.h.time_ns = ds_trace_now_sigsafe();
+	r.h.stack = s->id;
+	r.depth = depth;
+	r.committed = committed;
+	r.ns = t0 ? r.h.time_ns - t0 : 0;
+	ds_trace_emit_sigsafe(&r);
+}
+
 enum ds_fault_kind ds_stack_fault_sigsafe(struct dynstack *s, uintptr_t addr, int *err)
 {
+	bool tracing = atomic_load_explicit(&ds_trace_on, memory_order_relaxed);
+	uint64_t t0 = tracing ? ds_trace_now_sigsafe() : 0;
+	size_t ps = ds_os_page_size();
+
 	if (atomic_load_explicit(&s->state, memory_order_acquire) != DS_SLOT_LIVE)
 		return DS_FAULT_FOREIGN; /* a destroyed stack: a use after free */
-	if (addr < s->lo) {
+	uintptr_t page = addr & ~(uintptr_t)(ps - 1);
+	uintptr_t edge = atomic_load_explicit(&s->edge, memory_order_acquire);
+	if (addr < s->lo - s->reserve) {
 		DS_STAT_ADD(nr_dynamic_stacks_overflows, 1);
+		if (tracing)
+			trace_fault_sigsafe(DS_EV_OVERFLOW, s, s->top - page, s->top - edge, t0);
 		return DS_FAULT_OVERFLOW;
 	}
-	uintptr_t page = addr & ~(uintptr_t)(ds_os_page_size() - 1);
-	uintptr_t edge = atomic_load_explicit(&s->edge, memory_order_acquire);
 	if (page >= edge) {
 		DS_STAT_ADD(nr_dynamic_stacks_spurious, 1);
+		if (tracing)
+			trace_fault_sigsafe(DS_EV_SPURIOUS, s, s->top - page, s->top - edge, t0);
 		return DS_FAULT_SPURIOUS;
 	}
-	/* Everything from the fault page up to the edge, in one call: a big
-	 * frame or alloca jumps pages without touching them. */
-	int rc = ds_os_commit_sigsafe(ds_opt.backend, page, edge);
+
+	/* Ask the policy how far to go: at least down to the faulting page
+	 * (a big frame or alloca jumps pages without touching them), at most
+	 * the nominal size, or the reserve once the fault is in it. */
+	bool in_reserve = page < s->lo;
+	dynstack_fault_info_t info = {
+		.page_size = ps,
+		.size = s->top - s->lo,
+		.limit = s->top - (in_reserve ? s->lo - s->reserve : s->lo),
+		.committed = s->top - edge,
+		.depth = s->top - page,
+		.peak = s->top - atomic_load_explicit(&s->peak_edge, memory_order_relaxed),
+		.learned = s->learned,
+		.faults = atomic_load_explicit(&s->faults, memory_order_relaxed),
+		.id = s->id,
+		.name = s->name,
+	};
+	uintptr_t target = s->top - ds_policy_decide_sigsafe(s->policy, &info);
+
+	/* One call from the target up to the edge; then, for populate, one
+	 * more so that the access being retried does not fault again. */
+	int rc = ds_os_commit_sigsafe(ds_opt.backend, target, edge);
 	if (rc) {
 		*err = rc;
 		DS_STAT_ADD(nr_dynamic_stacks_commit_failed, 1);
 		return DS_FAULT_COMMIT_FAILED;
 	}
-	while (edge > page &&
-	       !atomic_compare_exchange_weak_explicit(&s->edge, &edge, page, memory_order_acq_rel,
-						      memory_order_acquire))
-		;
-	if (edge <= page) {
-		/* Another thread committed the range first: its fault counts. */
+	if (s->policy->populate && ds_os_populate_sigsafe(target, edge) == 0)
+		DS_STAT_ADD(nr_dynamic_stacks_populated, (edge - target) / ps);
+	bool lowered = false;
+	while (edge > target && !lowered)
+		lowered = atomic_compare_exchange_weak_explicit(
+			&s->edge, &edge, target, memory_order_acq_rel, memory_order_acquire);
+	if (!lowered) {
+		/* Another thread committed at least as far first: its fault counts. */
 		DS_STAT_ADD(nr_dynamic_stacks_spurious, 1);
+		if (tracing)
+			trace_fault_sigsafe(DS_EV_SPURIOUS, s, s->top - page, s->top - edge, t0);
 		return DS_FAULT_SPURIOUS;
 	}
-	DS_STAT_ADD(nr_dynamic_stacks_pages, (edge - page) / ds_os_page_size());
+	uintptr_t new_edge = target;
+	DS_STAT_ADD(nr_dynamic_stacks_pages, (edge - new_edge) / ps);
 	DS_STAT_ADD(nr_dynamic_stacks_faults, 1);
+	atomic_fetch_add_explicit(&s->faults, 1, memory_order_relaxed);
 	uintptr_t peak = atomic_load_explicit(&s->peak_edge, memory_order_relaxed);
-	while (peak > page &&
-	       !atomic_compare_exchange_weak_explicit(&s->peak_edge, &peak, page,
+	while (peak > new_edge &&
+	       !atomic_compare_exchange_weak_explicit(&s->peak_edge, &peak, new_edge,
 						      memory_order_relaxed, memory_order_relaxed))
 		;
+	if (tracing)
+		trace_fault_sigsafe(in_reserve ? DS_EV_WARN : DS_EV_FAULT, s, s->top - page,
+				    s->top - new_edge, t0);
+	if (in_reserve && !atomic_exchange_explicit(&s->warned, 1, memory_order_relaxed)) {
+		DS_STAT_ADD(nr_dynamic_stacks_warnings, 1);
+		return DS_FAULT_WARNED;
+	}
 	return DS_FAULT_COMMITTED;
 }

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "trace.h"
 
 DS_TLS int ds_thread_ready;
 static DS_TLS void *sync_base; /* ours, or NULL when a foreign one is kept */
@@ -42,6 +43,9 @@ int ds_thread_init_slow(void)
 		return rc;
 	if (cur.ss_flags & SS_ONSTACK)
 		return -EBUSY; /* cannot swap the stack we are running on */
+	/* The thread's trace buffer, so that its faults can be recorded; a
+	 * failure only loses this thread's events (counted as dropped). */
+	ds_trace_thread_init();
 	if (!(cur.ss_flags & SS_DISABLE) && cur.ss_size >= ds_opt.sync_stack_size) {
 		ds_thread_ready = 1; /* the thread's own is big enough: keep it */
 		return 0;

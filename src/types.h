@@ -4,8 +4,11 @@
  *           power-of-two slots of one size class; its metadata lives in a
  *           separate array, never on a stack.
  *   slot    one stack's address range [base, base + stride).
- *   floor   [base, lo): never committed. A fault here is an overflow. It is at
- *           least one page (the guard page) and all the rounding slack.
+ *   floor   [base, lo - reserve): never committed. A fault here is an
+ *           overflow. It is at least one page (the guard page) and all the
+ *           rounding slack.
+ *   reserve [lo - reserve, lo): overflow=warn only: committed on demand past
+ *           the nominal size, with a warning.
  *   lo      lowest usable address; top - lo == size (the THREAD_SIZE).
  *   top     base + stride: the initial stack pointer.
  *   edge    lowest committed address: [edge, top) is accessible.
@@ -23,6 +26,9 @@
 
 #include "dynstack.h"
 
+struct ds_policy;
+struct dynstack_coro;
+
 enum ds_slot_state {
 	DS_SLOT_FREE = 0, /* not a stack: any fault here is foreign */
 	DS_SLOT_LIVE = 1, /* a stack: faults here are ours */
@@ -37,13 +43,20 @@ enum ds_slot_flags {
  * at any time without a lock. Fields the handler reads are atomic or are
  * written before `state` is published with release order. */
 struct dynstack {
-	_Atomic uintptr_t edge;	     /* lowest committed address */
-	_Atomic uintptr_t peak_edge; /* lowest edge since creation */
-	_Atomic uint32_t state;	     /* enum ds_slot_state */
-	uint32_t flags;		     /* enum ds_slot_flags */
-	uintptr_t lo;		     /* lowest usable address */
-	uintptr_t top;		     /* one past the highest usable address */
-	uint64_t id;		     /* process-unique, never 0 for a live stack */
+	_Atomic uintptr_t edge;		/* lowest committed address */
+	_Atomic uintptr_t peak_edge;	/* lowest edge since creation */
+	_Atomic uint32_t state;		/* enum ds_slot_state */
+	uint32_t flags;			/* enum ds_slot_flags */
+	uintptr_t lo;			/* lowest usable address (nominal size) */
+	uintptr_t top;			/* one past the highest usable address */
+	size_t reserve;			/* overflow=warn reserve below lo */
+	uint64_t id;			/* process-unique, never 0 for a live stack */
+	const struct ds_policy *policy; /* interned: never freed */
+	size_t learned;			/* learn: what earlier stacks taught this one */
+	size_t slot_hist;		/* learn: peak of this slot's last stack (kept on reuse) */
+	_Atomic uint64_t faults;	/* commit faults taken by this stack */
+	_Atomic int warned;		/* overflow=warn: the one warning was printed */
+	struct dynstack_coro *coro;	/* owning coroutine, or NULL */
 	struct ds_arena *arena;
 	struct dynstack *next_free; /* free list link (class lock) */
 	char name[DYNSTACK_NAME_MAX + 1];

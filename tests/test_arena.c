@@ -315,10 +315,11 @@ static void *race_helper(void *arg)
 static void test_fault_race_counts_once(void **state)
 {
 	size_t ps = page_size();
-	struct race r = { 0 };
+	struct race r;
 	pthread_t th;
 	int err = 0;
 
+	memset(&r, 0, sizeof(r));
 	assert_int_equal(dynstack_init(NULL), 0);
 	assert_int_equal(pthread_create(&th, NULL, race_helper, &r), 0);
 	uint64_t faults = 0;

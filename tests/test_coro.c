@@ -245,13 +245,15 @@ struct deep_yield {
 	unsigned levels;
 };
 
-static __attribute__((noinline)) void yield_deep(int level)
+/* Recurses until a local lies at least `bytes` below `top` (measured, so the
+ * depth does not depend on the compiler's frame sizes), then yields there. */
+static __attribute__((noinline)) void yield_deep(uintptr_t top, size_t bytes)
 {
 	volatile char buf[1024];
 
-	memset((char *)buf, level, sizeof(buf));
-	if (level > 0)
-		yield_deep(level - 1);
+	memset((char *)buf, 1, sizeof(buf));
+	if (top - (uintptr_t)buf < bytes)
+		yield_deep(top, bytes);
 	else
 		dynstack_coro_yield();
 	buf[0] = 0;
@@ -259,7 +261,8 @@ static __attribute__((noinline)) void yield_deep(int level)
 
 static void deep_yield_fn(void *arg)
 {
-	yield_deep(40);
+	yield_deep((uintptr_t)dynstack_top(dynstack_coro_stack(dynstack_coro_current())),
+		   42 * 1024);
 }
 
 static void test_destroy_suspended(void **state)

@@ -249,8 +249,8 @@ static void test_stats_refusals(void **state)
 
 static void test_strerror(void **state)
 {
-	const int codes[] = { 0,      -EINVAL, -ENOMEM, -EBUSY,	    -EPERM, -EOPNOTSUPP,
-			      -EBADF, -EAGAIN, -EFAULT, -EOVERFLOW, -ENOSPC };
+	const int codes[] = { 0,      -EINVAL, -ENOMEM, -EBUSY,	    -EPERM,  -EOPNOTSUPP,
+			      -EBADF, -EAGAIN, -EFAULT, -EOVERFLOW, -ENOSPC, -EEXIST };
 	const int unknown[] = { 1, EINVAL, -ENOENT, 12345, -99999, INT_MIN, INT_MAX };
 
 	for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {

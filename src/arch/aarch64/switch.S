@@ -32,7 +32,8 @@
 	.type	ds_ctx_switch_publish, %function
 	.p2align 4
 /* int ds_ctx_switch_publish(ds_ctx_t *from, ds_ctx_t *to, _Atomic int *publish,
- * int value): from in x0, to in x1, publish in x2, value in w3. */
+ * int value, int ret): from in x0, to in x1, publish in x2, value in w3, ret
+ * (what the other side's call returns) in w4. */
 ds_ctx_switch_publish:
 	.cfi_startproc
 	hint	#34			/* bti c: a NOP unless the page is guarded */
@@ -111,7 +112,7 @@ ds_ctx_switch_publish:
 	.cfi_restore d13
 	.cfi_restore d14
 	.cfi_restore d15
-	mov	w0, #0			/* the return value */
+	mov	w0, w4			/* the other side's call returns ret */
 	RESUME
 	.cfi_endproc
 	.size	ds_ctx_switch_publish, .-ds_ctx_switch_publish

@@ -23,12 +23,13 @@
 	.type	ds_ctx_switch_publish, @function
 	.p2align 4
 /* int ds_ctx_switch_publish(ds_ctx_t *from, ds_ctx_t *to, _Atomic int *publish,
- * int value): from in rdi, to in rsi, publish in rdx, value in ecx. */
+ * int value, int ret): from in rdi, to in rsi, publish in rdx, value in ecx,
+ * ret (what the other side's call returns) in r8d. */
 ds_ctx_switch_publish:
 	.cfi_startproc
 	endbr64
 	movq	%rdx, %r9		/* rdx and ecx are needed below */
-	movl	%ecx, %r8d
+	movl	%ecx, %r10d
 	pushq	%rbp
 	.cfi_adjust_cfa_offset 8
 	.cfi_rel_offset rbp, 0
@@ -63,7 +64,7 @@ ds_ctx_switch_publish:
 	 * release store on x86-64. */
 	testq	%r9, %r9
 	jz	1f
-	movl	%r8d, (%r9)
+	movl	%r10d, (%r9)
 1:
 	/* Loading MXCSR costs ~70 ns even with an equal value (DESIGN.md §3):
 	 * load only when the control bits (all but the six status flags,
@@ -97,7 +98,7 @@ ds_ctx_switch_publish:
 	popq	%rbp
 	.cfi_adjust_cfa_offset -8
 	.cfi_restore rbp
-	xorl	%eax, %eax		/* the return value, 0 */
+	movl	%r8d, %eax		/* the other side's call returns ret */
 	/* pop+jmp, not ret: the return-stack predictor expects the caller of
 	 * this call, which is in the other context, so ret would mispredict on
 	 * every switch (12.8 ns vs 2.6 ns one way, DESIGN.md §3). */
