@@ -96,6 +96,16 @@ int main(void)
 	char spec[64];
 	int rc;
 
+	/* 0. No warm-stack cache here: every stack starts from its initial page,
+	 * so the faults below show the growth policy alone. */
+	dynstack_config_t cfg;
+	dynstack_config_init(&cfg);
+	cfg.cache_stacks = 0;
+	if ((rc = dynstack_init(&cfg))) {
+		fprintf(stderr, "dynstack_init: %s\n", dynstack_strerror(rc));
+		return 1;
+	}
+
 	/* 1. Register the policy: from now on a spec can name it. */
 	if ((rc = dynstack_policy_register(&policy))) {
 		fprintf(stderr, "dynstack_policy_register: %s\n", dynstack_strerror(rc));

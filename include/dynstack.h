@@ -50,6 +50,9 @@ typedef struct dynstack_config {
 	size_t default_size;	    /* reservation when attr.size == 0 */
 	size_t sync_stack_size;	    /* per-thread alternate stack, >= 64 KiB */
 	int stats_at_exit;	    /* print counters to stderr at exit (DYNSTACK_STATS=1) */
+	size_t cache_stacks;	    /* warm stacks kept per thread; 0 = no cache (DYNSTACK_CACHE) */
+	size_t cache_pages;	    /* committed pages all caches may keep (DYNSTACK_CACHE_PAGES) */
+	size_t trim_batch; /* pages a thread queues before decommitting (DYNSTACK_TRIM_BATCH) */
 } dynstack_config_t;
 
 /* Fill *cfg with the defaults. Returns -EINVAL for NULL. */
@@ -120,6 +123,17 @@ DYNSTACK_API size_t dynstack_size(const dynstack_t *stack);
 DYNSTACK_API size_t dynstack_committed(const dynstack_t *stack);
 /* Largest number of bytes ever committed on this stack. */
 DYNSTACK_API size_t dynstack_peak(const dynstack_t *stack);
+/* A trim point for runtimes with their own switch: call it when the code
+ * running on stack has been switched out, with the stack pointer it was
+ * suspended at. Pages wholly below sp minus the policy's margin are given
+ * back now, if the policy's hysteresis says so (trim=yield:IDLE: only after
+ * IDLE trim points without growth). Nothing may run on the stack meanwhile.
+ * 0, or -EINVAL (NULL, not live, sp outside the stack). */
+DYNSTACK_API int dynstack_trim(dynstack_t *stack, const void *sp);
+/* Decommit the calling thread's queued trims now (coroutine yields and exits
+ * queue them, to decommit in batches). 0 or -errno of the first failure. */
+DYNSTACK_API int dynstack_flush(void);
+
 /* Name given at creation ("" when none), and a process-unique id. */
 DYNSTACK_API const char *dynstack_name(const dynstack_t *stack);
 DYNSTACK_API uint64_t dynstack_id(const dynstack_t *stack);
@@ -142,6 +156,11 @@ DYNSTACK_API uint64_t dynstack_id(const dynstack_t *stack);
  *   overflow=warn:SIZE  keep SIZE bytes of reserve below the stack: crossing
  *                   into it commits, warns once, and goes on
  *   overflow=fail   end the coroutine; its resumer gets -EOVERFLOW
+ *   trim=yield[:IDLE]  at a yield or exit, give back the pages below the
+ *                   stack pointer (minus the margin) once IDLE trim points
+ *                   passed without growth (default 4; doubles after a trim
+ *                   that was wrong); trim=off keeps them
+ *   margin=SIZE     bytes below the stack pointer that a trim keeps (4k)
  * SIZE takes a k/K/m/M suffix. Specs come from DYNSTACK_POLICY (at init),
  * dynstack_policy_set(), or dynstack_attr_t.policy per stack.
  */
@@ -268,7 +287,13 @@ DYNSTACK_API dynstack_coro_t *dynstack_coro_current(void);
 	X(nr_dynamic_stacks_failed, event, "coroutines ended by overflow=fail")                    \
 	X(nr_dynamic_stacks_populated, event, "pages populated in the fault (populate)")           \
 	X(nr_dynamic_stacks_trace_events, event, "trace events recorded")                          \
-	X(nr_dynamic_stacks_trace_dropped, event, "trace events lost to a full buffer")
+	X(nr_dynamic_stacks_trace_dropped, event, "trace events lost to a full buffer")            \
+	X(nr_dynamic_stacks_trimmed, event, "pages given back by trims")                           \
+	X(nr_dynamic_stacks_trim_calls, event, "decommit calls made by trims")                     \
+	X(nr_dynamic_stacks_mistrims, event, "faults on pages a trim had given back")              \
+	X(nr_dynamic_stacks_cached, gauge, "destroyed stacks kept warm in caches")                 \
+	X(nr_dynamic_stacks_cached_pages, gauge, "committed pages of cached stacks")               \
+	X(nr_dynamic_stacks_cache_hits, event, "creates served by a cache")
 
 typedef struct dynstack_stats {
 	size_t struct_size; /* set by the caller to sizeof(dynstack_stats_t) */

@@ -57,7 +57,7 @@ uintptr_t ds_slot_base(const struct dynstack *s)
 	return a->base + ((uintptr_t)(s - a->slots) << a->shift);
 }
 
-static unsigned class_shift(size_t size)
+unsigned ds_arena_class(size_t size)
 {
 	/* The floor must hold at least one whole page below the usable part. */
 	size_t need = size + ds_os_page_size();
@@ -132,7 +132,7 @@ int ds_arena_slot_get(size_t size, struct dynstack **out)
 	pthread_once(&map_once, map_init);
 	if (map_err)
 		return map_err;
-	unsigned shift = class_shift(size);
+	unsigned shift = ds_arena_class(size);
 	if (shift > DS_MAX_SHIFT)
 		return -EINVAL;
 	struct ds_class *c = &classes[shift];

@@ -29,6 +29,9 @@ static DS_TLS struct dynstack_coro *current;
  * switch itself, once c's state is saved and its stack left. */
 static inline int leave(struct dynstack_coro *c, int status, int ret)
 {
+	/* The green thread's "return to user space": a trim point. Below this
+	 * frame only the switch's few saved registers will be written. */
+	ds_trim_point(c->stack, (uintptr_t)__builtin_frame_address(0));
 	struct dynstack_coro *parent = c->parent;
 	current = parent;
 	if (parent)
@@ -147,6 +150,7 @@ DYNSTACK_API int dynstack_coro_resume(dynstack_coro_t *c)
 	if (st != DYNSTACK_CORO_SUSPENDED)
 		return st == DYNSTACK_CORO_DEAD ? -EINVAL : -EBUSY;
 	atomic_store_explicit(&c->status, DYNSTACK_CORO_RUNNING, memory_order_relaxed);
+	ds_trim_before_run(c->stack);
 
 	struct dynstack_coro *parent = current;
 	if (parent)

@@ -36,6 +36,9 @@ struct ds_options {
 	size_t default_size;
 	size_t sync_stack_size;
 	int stats_at_exit;
+	size_t cache_stacks;
+	size_t cache_pages;
+	size_t trim_batch;
 };
 DS_HIDDEN extern struct ds_options ds_opt;
 /* Apply DYNSTACK_* environment variables on top of *cfg. Returns 0 or
@@ -102,6 +105,9 @@ DS_HIDDEN struct dynstack *ds_arena_lookup_sigsafe(uintptr_t addr);
 DS_HIDDEN int ds_arena_slot_get(size_t size, struct dynstack **out);
 DS_HIDDEN void ds_arena_slot_put(struct dynstack *s);
 DS_HIDDEN uintptr_t ds_slot_base(const struct dynstack *s);
+/* log2 of the slot stride for size usable bytes (floor page included). */
+DS_HIDDEN unsigned ds_arena_class(size_t size);
+#define DS_ARENA_MAX_SHIFT 31
 
 /* ---- fault.c: the SIGSEGV/SIGBUS handler */
 DS_HIDDEN int ds_fault_install(void);
@@ -127,6 +133,29 @@ enum ds_fault_kind {
 DS_HIDDEN enum ds_fault_kind ds_stack_fault_sigsafe(struct dynstack *s, uintptr_t addr, int *err);
 DS_HIDDEN int ds_stack_create(struct dynstack **out, const dynstack_attr_t *attr, uint32_t flags);
 DS_HIDDEN void ds_stack_release(struct dynstack *s);
+DS_HIDDEN void ds_stack_discard(struct dynstack *s, uintptr_t edge);
+
+/* ---- cache.c: trims and the stack cache */
+/* Per-thread state (trim queue, cache), made by ds_thread_init_slow. */
+DS_HIDDEN int ds_tl_init(void);
+DS_HIDDEN void ds_tl_fini(void);
+/* A trim point on the thread running s, at stack pointer sp, before it
+ * switches away: may queue a decommit (and flush the queue first). */
+DS_HIDDEN void ds_trim_point(struct dynstack *s, uintptr_t sp);
+/* s is about to run, or be destroyed: cancel its queued trim, or wait for a
+ * flush in progress on another thread. */
+DS_HIDDEN void ds_trim_claim(struct dynstack *s);
+static inline void ds_trim_before_run(struct dynstack *s)
+{
+	if (__builtin_expect(atomic_load_explicit(&s->trim_state, memory_order_acquire) != 0, 0))
+		ds_trim_claim(s);
+}
+/* The fault handler saw a commit fault at page on s. */
+DS_HIDDEN void ds_trim_note_fault_sigsafe(struct dynstack *s, uintptr_t page);
+/* A warm stack of class shift from the caches, or NULL (state CACHED). */
+DS_HIDDEN struct dynstack *ds_cache_get(unsigned shift);
+/* Keep a released stack warm; false: the caller frees it to the arena. */
+DS_HIDDEN bool ds_cache_put(struct dynstack *s);
 
 /* ---- coro.c: overflow=fail. If the fault interrupted code running on s
  * (its owning coroutine), rewrite the interrupted context so that it ends

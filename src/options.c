@@ -21,6 +21,9 @@ DYNSTACK_API int dynstack_config_init(dynstack_config_t *cfg)
 	cfg->default_size = DYNSTACK_DEFAULT_SIZE;
 	cfg->sync_stack_size = DYNSTACK_MIN_SYNC_STACK;
 	cfg->stats_at_exit = 0;
+	cfg->cache_stacks = 16;
+	cfg->cache_pages = 4096;
+	cfg->trim_batch = 256;
 	return 0;
 }
 
@@ -87,6 +90,25 @@ int ds_options_from_env(dynstack_config_t *cfg)
 					 "a byte count like 16384 or 64k, <= 1G");
 		cfg->default_size = sz;
 	}
+	static const struct {
+		const char *name;
+		size_t offset, max;
+	} counts[] = {
+		{ "DYNSTACK_CACHE", offsetof(dynstack_config_t, cache_stacks), 4096 },
+		{ "DYNSTACK_CACHE_PAGES", offsetof(dynstack_config_t, cache_pages),
+		  (size_t)1 << 30 },
+		{ "DYNSTACK_TRIM_BATCH", offsetof(dynstack_config_t, trim_batch), (size_t)1 << 20 },
+	};
+	for (size_t i = 0; i < sizeof(counts) / sizeof(counts[0]); i++) {
+		if ((v = getenv(counts[i].name)) && *v) {
+			char *end;
+			errno = 0;
+			unsigned long long n = strtoull(v, &end, 10);
+			if (errno || *end || *v == '-' || n > counts[i].max)
+				return env_error(counts[i].name, v, "a count, 0 or more");
+			*(size_t *)((char *)cfg + counts[i].offset) = (size_t)n;
+		}
+	}
 	if ((v = getenv("DYNSTACK_STATS")) && *v) {
 		if (!strcmp(v, "1"))
 			cfg->stats_at_exit = 1;
@@ -105,6 +127,8 @@ int ds_options_validate(const dynstack_config_t *cfg)
 	if (cfg->backend < DYNSTACK_BACKEND_AUTO || cfg->backend > DYNSTACK_BACKEND_MPROTECT)
 		return -EINVAL;
 	if (!cfg->default_size || cfg->default_size > DYNSTACK_MAX_SIZE)
+		return -EINVAL;
+	if (cfg->cache_stacks > 4096 || !cfg->trim_batch)
 		return -EINVAL;
 	if (cfg->sync_stack_size < DYNSTACK_MIN_SYNC_STACK ||
 	    cfg->sync_stack_size > ((size_t)1 << 30))

@@ -158,6 +158,14 @@ static void canonicalize(struct ds_policy *p)
 	} else if (p->overflow == DYNSTACK_OVERFLOW_FAIL) {
 		append(p->spec, &pos, ",overflow=fail");
 	}
+	if (p->trim_idle == 0)
+		append(p->spec, &pos, ",trim=off");
+	else if (p->trim_idle != DS_TRIM_IDLE_DEFAULT)
+		append(p->spec, &pos, ",trim=yield:%u", p->trim_idle);
+	if (p->margin != DS_MARGIN_DEFAULT) {
+		append(p->spec, &pos, ",margin=");
+		format_bytes(p->spec, &pos, p->margin);
+	}
 }
 
 int ds_policy_parse(const char *spec, struct ds_policy *out, char *err, size_t errlen)
@@ -168,6 +176,9 @@ int ds_policy_parse(const char *spec, struct ds_policy *out, char *err, size_t e
 	memset(&p, 0, sizeof(p));
 	p.grow = DS_GROW_STEP;
 	p.step = 1;
+	p.trim_idle = DS_TRIM_IDLE_DEFAULT;
+	p.margin = DS_MARGIN_DEFAULT;
+	bool have_trim = false, have_margin = false;
 	if (!spec)
 		return fail(err, errlen, "no spec");
 	if (!*spec)
@@ -223,6 +234,32 @@ int ds_policy_parse(const char *spec, struct ds_policy *out, char *err, size_t e
 			if (p.populate)
 				return fail(err, errlen, "populate given twice");
 			p.populate = true;
+		} else if (KEY("trim")) {
+			unsigned long n = DS_TRIM_IDLE_DEFAULT;
+			if (have_trim)
+				return fail(err, errlen, "trim given twice");
+			have_trim = true;
+			if (val && vlen == 3 && !memcmp(val, "off", 3)) {
+				n = 0;
+			} else if (!val || vlen < 5 || memcmp(val, "yield", 5) ||
+				   (vlen > 5 &&
+				    (val[5] != ':' ||
+				     parse_count(val + 6, vlen - 6, 1, DS_TRIM_IDLE_MAX, &n)))) {
+				return fail(err, errlen,
+					    "trim= takes off, yield or yield:IDLE (IDLE 1..%d): "
+					    "\"%.*s\"",
+					    DS_TRIM_IDLE_MAX, (int)len, item);
+			}
+			p.trim_idle = (uint32_t)n;
+		} else if (KEY("margin")) {
+			if (have_margin)
+				return fail(err, errlen, "margin given twice");
+			have_margin = true;
+			if (!val || parse_bytes(val, vlen, &p.margin))
+				return fail(
+					err, errlen,
+					"margin=SIZE needs a size, 1..1G (k/M/G suffix): \"%.*s\"",
+					(int)len, item);
 		} else if (KEY("overflow")) {
 			if (have_overflow)
 				return fail(err, errlen, "overflow given twice");

@@ -15,6 +15,9 @@
 #define DS_POLICIES_MAX 64 /* distinct interned specs in one process */
 #define DS_USER_POLICIES_MAX 16
 #define DS_SITES 256 /* learn: high-water table indexed by name hash */
+#define DS_TRIM_IDLE_DEFAULT 4
+#define DS_TRIM_IDLE_MAX 1024  /* also the cap of the back-off after mis-trims */
+#define DS_MARGIN_DEFAULT 4096 /* kept below the stack pointer when trimming */
 
 enum ds_grow_kind {
 	DS_GROW_STEP = 0, /* faulting page + (step - 1) pages below it */
@@ -33,6 +36,8 @@ struct ds_policy {
 	bool populate;
 	dynstack_overflow_action_t overflow;
 	size_t reserve;		/* bytes below the nominal size, overflow=warn */
+	uint32_t trim_idle;	/* trim=yield:IDLE (0 = trim=off): idle trim points first */
+	size_t margin;		/* bytes kept below the stack pointer when trimming */
 	char spec[DS_SPEC_MAX]; /* canonical form */
 };
 

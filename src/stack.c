@@ -79,6 +79,9 @@ DYNSTACK_API int dynstack_init(const dynstack_config_t *cfg)
 	ds_opt.default_size = c.default_size;
 	ds_opt.sync_stack_size = c.sync_stack_size;
 	ds_opt.stats_at_exit = c.stats_at_exit;
+	ds_opt.cache_stacks = c.cache_stacks;
+	ds_opt.cache_pages = c.cache_pages;
+	ds_opt.trim_batch = c.trim_batch;
 	ds_os_page_size(); /* cache it before the handler can need it */
 	if ((rc = ds_fault_install()))
 		goto out;
@@ -189,12 +192,35 @@ int ds_stack_create(struct dynstack **out, const dynstack_attr_t *attr, uint32_t
 	if (ds_os_on_valgrind())
 		initial = size;
 
-	if ((rc = ds_arena_slot_get(size + reserve, &s)))
-		return rc;
-	uintptr_t top = ds_slot_base(s) + ((uintptr_t)1 << s->arena->shift);
-	if ((rc = ds_os_commit_sigsafe(ds_opt.backend, top - initial, top))) {
-		ds_arena_slot_put(s);
-		return rc;
+	/* A warm stack from the cache first: its pages are committed already,
+	 * so most creates make no syscall and take no fault. */
+	unsigned shift = ds_arena_class(size + reserve);
+	uintptr_t top, edge;
+	if (shift <= DS_ARENA_MAX_SHIFT && (s = ds_cache_get(shift))) {
+		top = s->top;
+		edge = atomic_load_explicit(&s->edge, memory_order_relaxed);
+		/* A deeper stack of the same class may have left pages in what
+		 * is this one's floor: they must fault again. */
+		uintptr_t floor_hi = top - size - reserve;
+		if (edge < floor_hi) {
+			if ((rc = ds_os_decommit(ds_opt.backend, edge, floor_hi))) {
+				ds_stack_discard(s, edge);
+				return rc;
+			}
+			edge = floor_hi;
+		}
+	} else {
+		if ((rc = ds_arena_slot_get(size + reserve, &s)))
+			return rc;
+		top = ds_slot_base(s) + ((uintptr_t)1 << s->arena->shift);
+		edge = top;
+	}
+	if (top - initial < edge) {
+		if ((rc = ds_os_commit_sigsafe(ds_opt.backend, top - initial, edge))) {
+			ds_stack_discard(s, edge);
+			return rc;
+		}
+		edge = top - initial;
 	}
 	s->lo = top - size;
 	s->top = top;
@@ -214,23 +240,46 @@ int ds_stack_create(struct dynstack **out, const dynstack_attr_t *attr, uint32_t
 	s->learned = learned;
 	atomic_store_explicit(&s->faults, 0, memory_order_relaxed);
 	atomic_store_explicit(&s->warned, 0, memory_order_relaxed);
-	atomic_store_explicit(&s->edge, top - initial, memory_order_relaxed);
-	atomic_store_explicit(&s->peak_edge, top - initial, memory_order_relaxed);
+	atomic_store_explicit(&s->edge, edge, memory_order_relaxed);
+	atomic_store_explicit(&s->peak_edge, edge, memory_order_relaxed);
+	atomic_store_explicit(&s->trim_state, DS_TRIM_NONE, memory_order_relaxed);
+	atomic_store_explicit(&s->idle_limit, pol->trim_idle ? pol->trim_idle : 1,
+			      memory_order_relaxed);
+	atomic_store_explicit(&s->trim_lo, 0, memory_order_relaxed);
+	atomic_store_explicit(&s->trim_hi, 0, memory_order_relaxed);
+	s->idle = 0;
 	/* Publish: from here the handler treats faults in the slot as ours. */
 	atomic_store_explicit(&s->state, DS_SLOT_LIVE, memory_order_release);
 	DS_STAT_ADD(nr_dynamic_stacks, 1);
-	DS_STAT_ADD(nr_dynamic_stacks_pages, initial / ps);
+	DS_STAT_ADD(nr_dynamic_stacks_pages, (top - edge) / ps);
 	DS_STAT_ADD(nr_dynamic_stacks_created, 1);
 	if (atomic_load_explicit(&ds_trace_on, memory_order_relaxed))
-		trace_create(s, initial);
+		trace_create(s, top - edge);
 	*out = s;
 	return 0;
+}
+
+/* Give a slot back to the arena with all its pages decommitted: from a
+ * failed create (never published) or a release the cache did not take. */
+void ds_stack_discard(struct dynstack *s, uintptr_t edge)
+{
+	atomic_store_explicit(&s->state, DS_SLOT_FREE, memory_order_release);
+	if (edge < s->top && ds_os_decommit(ds_opt.backend, edge, s->top)) {
+		/* Cannot happen by construction (see ds_os_decommit); if the
+		 * kernel still refuses, the slot is never reused rather than
+		 * handed out with stale pages in it. */
+		return;
+	}
+	atomic_store_explicit(&s->edge, s->top, memory_order_relaxed);
+	ds_arena_slot_put(s);
 }
 
 void ds_stack_release(struct dynstack *s)
 {
 	size_t ps = ds_os_page_size();
 	atomic_store_explicit(&s->state, DS_SLOT_FREE, memory_order_release);
+	/* A trim queued on some thread must not act on it any more. */
+	ds_trim_claim(s);
 	uintptr_t edge = atomic_load_explicit(&s->edge, memory_order_acquire);
 	size_t peak = s->top - atomic_load_explicit(&s->peak_edge, memory_order_relaxed);
 	DS_STAT_SUB(nr_dynamic_stacks, 1);
@@ -253,14 +302,9 @@ void ds_stack_release(struct dynstack *s)
 		ds_trace_emit_sigsafe(&r);
 		ds_trace_flush_maybe();
 	}
-	if (ds_os_decommit(ds_opt.backend, edge, s->top)) {
-		/* Cannot happen by construction (see ds_os_decommit); if the
-		 * kernel still refuses, the slot is never reused rather than
-		 * handed out with stale pages in it. */
+	if (ds_thread_ensure() == 0 && ds_cache_put(s))
 		return;
-	}
-	atomic_store_explicit(&s->edge, s->top, memory_order_relaxed);
-	ds_arena_slot_put(s);
+	ds_stack_discard(s, atomic_load_explicit(&s->edge, memory_order_acquire));
 }
 
 DYNSTACK_API int dynstack_create(dynstack_t **out, const dynstack_attr_t *attr)
@@ -395,6 +439,7 @@ enum ds_fault_kind ds_stack_fault_sigsafe(struct dynstack *s, uintptr_t addr, in
 	DS_STAT_ADD(nr_dynamic_stacks_pages, (edge - new_edge) / ps);
 	DS_STAT_ADD(nr_dynamic_stacks_faults, 1);
 	atomic_fetch_add_explicit(&s->faults, 1, memory_order_relaxed);
+	ds_trim_note_fault_sigsafe(s, page);
 	uintptr_t peak = atomic_load_explicit(&s->peak_edge, memory_order_relaxed);
 	while (peak > new_edge &&
 	       !atomic_compare_exchange_weak_explicit(&s->peak_edge, &peak, new_edge,

@@ -21,6 +21,7 @@ static pthread_once_t key_once = PTHREAD_ONCE_INIT;
 
 static void on_thread_exit(void *unused)
 {
+	ds_tl_fini();
 	dynstack_thread_fini();
 }
 
@@ -46,6 +47,12 @@ int ds_thread_init_slow(void)
 	/* The thread's trace buffer, so that its faults can be recorded; a
 	 * failure only loses this thread's events (counted as dropped). */
 	ds_trace_thread_init();
+	/* Its trim queue and stack cache; and, whatever the alternate stack,
+	 * an exit hook that flushes the one and hands the other to the depot. */
+	if ((rc = ds_tl_init()))
+		return rc;
+	pthread_once(&key_once, key_init);
+	pthread_setspecific(exit_key, &sync_base);
 	if (!(cur.ss_flags & SS_DISABLE) && cur.ss_size >= ds_opt.sync_stack_size) {
 		ds_thread_ready = 1; /* the thread's own is big enough: keep it */
 		return 0;
@@ -59,9 +66,6 @@ int ds_thread_init_slow(void)
 		ds_os_unmap_guarded(base, ds_opt.sync_stack_size);
 		return rc;
 	}
-	pthread_once(&key_once, key_init);
-	/* Any non-NULL value makes the destructor run at thread exit. */
-	pthread_setspecific(exit_key, &sync_base);
 	sync_prev = cur;
 	sync_base = base;
 	sync_size = ds_opt.sync_stack_size;
@@ -96,6 +100,5 @@ DYNSTACK_API void dynstack_thread_fini(void)
 	ds_os_unmap_guarded(sync_base, sync_size);
 	sync_base = NULL;
 	ds_thread_ready = 0;
-	pthread_setspecific(exit_key, NULL);
 	DS_STAT_SUB(nr_dynamic_stacks_sync_stacks, 1);
 }

@@ -36,6 +36,7 @@ enum ds_trace_type {
 	DS_EV_OVERFLOW = 6, /* a fault below the limit (action follows the policy) */
 	DS_EV_WARN = 7,	    /* a fault in the overflow reserve (overflow=warn) */
 	DS_EV_LOST = 8,	    /* events dropped because a thread's buffer was full */
+	DS_EV_TRIM = 9,	    /* pages below a suspended stack were given back */
 };
 
 /* Every record starts with this; len covers the whole record, is a multiple
@@ -77,7 +78,7 @@ struct ds_ev_destroy { /* DS_EV_DESTROY */
 	uint64_t committed; /* bytes committed at destroy */
 };
 
-struct ds_ev_fault { /* DS_EV_FAULT, DS_EV_SPURIOUS, DS_EV_OVERFLOW, DS_EV_WARN */
+struct ds_ev_fault { /* DS_EV_FAULT, DS_EV_SPURIOUS, DS_EV_OVERFLOW, DS_EV_WARN, DS_EV_TRIM */
 	struct ds_ev_head h;
 	uint64_t depth;	    /* top down to the bottom of the faulting page */
 	uint64_t committed; /* bytes committed after the fault */

@@ -30,9 +30,20 @@ struct ds_policy;
 struct dynstack_coro;
 
 enum ds_slot_state {
-	DS_SLOT_FREE = 0, /* not a stack: any fault here is foreign */
-	DS_SLOT_LIVE = 1, /* a stack: faults here are ours */
+	DS_SLOT_FREE = 0,   /* not a stack: any fault here is foreign */
+	DS_SLOT_LIVE = 1,   /* a stack: faults here are ours */
+	DS_SLOT_CACHED = 2, /* a destroyed stack kept warm in a cache: foreign */
 };
+
+/* trim_state: a decommit queued for a suspended stack, tagged with the
+ * stack's id so that a queue entry can never act on a later stack of the
+ * same slot. Resume cancels a pending one; flush claims it first. */
+enum ds_trim_state {
+	DS_TRIM_NONE = 0,
+	DS_TRIM_PENDING = 1,
+	DS_TRIM_FLUSHING = 2,
+};
+#define DS_TRIM_TAG(id, st) (((uint64_t)(id) << 2) | (st))
 
 enum ds_slot_flags {
 	DS_SLOT_CORO = 1u << 0, /* owned by a coroutine; dynstack_destroy refuses */
@@ -57,6 +68,13 @@ struct dynstack {
 	_Atomic uint64_t faults;	/* commit faults taken by this stack */
 	_Atomic int warned;		/* overflow=warn: the one warning was printed */
 	struct dynstack_coro *coro;	/* owning coroutine, or NULL */
+	/* trim (cache.c). faulted/trim_lo/trim_hi/idle_limit are also touched
+	 * by the handler of the thread running the stack: relaxed atomics. */
+	_Atomic uint64_t trim_state;	    /* DS_TRIM_TAG(id, enum ds_trim_state) */
+	_Atomic int faulted;		    /* grew since the last trim point */
+	_Atomic uint32_t idle_limit;	    /* idle trim points before a trim */
+	uint32_t idle;			    /* idle trim points so far */
+	_Atomic uintptr_t trim_lo, trim_hi; /* last trimmed range: a fault in it is a mis-trim */
 	struct ds_arena *arena;
 	struct dynstack *next_free; /* free list link (class lock) */
 	char name[DYNSTACK_NAME_MAX + 1];

@@ -1,0 +1,329 @@
+/* Giving memory back, and taking it again without syscalls: trims queued at
+ * yield and exit and decommitted in batches, and per-thread caches of warm
+ * destroyed stacks over a global depot (seed 002: free the excess pages on
+ * return to user space; the kernel's per-CPU NR_CACHED_STACKS).
+ *
+ * Decommit is the expensive direction (1.4 us per page alone, ~17 us with a
+ * sibling thread running: a TLB shootdown), so it never happens page by
+ * page on the switch path: a yield only decides and queues; the queue is
+ * flushed when it holds trim_batch pages, at dynstack_flush, or at thread
+ * exit. A queued stack that runs again before the flush cancels its entry
+ * (ds_trim_claim), so a flush only ever decommits below a suspended stack. */
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "policy.h"
+#include "trace.h"
+
+#define DS_TRIMQ_MAX 64
+
+struct trim_entry {
+	struct dynstack *s;
+	uint64_t id;
+	uintptr_t lo, hi;
+};
+
+/* One per thread that runs our stacks, made outside any handler. */
+struct ds_tl {
+	struct trim_entry q[DS_TRIMQ_MAX];
+	unsigned nq;
+	size_t q_pages;
+	size_t ncache;
+	struct dynstack **cache; /* ds_opt.cache_stacks entries, newest last */
+};
+
+static DS_TLS struct ds_tl *tl;
+
+/* The depot: per size class, a list of warm stacks linked by next_free. */
+struct depot_class {
+	pthread_mutex_t lock;
+	struct dynstack *head;
+	size_t n;
+};
+static struct depot_class depot[DS_ARENA_MAX_SHIFT + 1];
+static pthread_once_t depot_once = PTHREAD_ONCE_INIT;
+/* Committed pages held by every cache and the depot together. */
+static _Atomic size_t cached_pages;
+
+static void depot_init(void)
+{
+	for (size_t i = 0; i <= DS_ARENA_MAX_SHIFT; i++)
+		pthread_mutex_init(&depot[i].lock, NULL);
+}
+
+static size_t page_size(void)
+{
+	return ds_os_page_size();
+}
+
+static size_t committed_pages(const struct dynstack *s)
+{
+	return (s->top - atomic_load_explicit(&s->edge, memory_order_relaxed)) / page_size();
+}
+
+int ds_tl_init(void)
+{
+	if (tl)
+		return 0;
+	pthread_once(&depot_once, depot_init);
+	struct ds_tl *t = calloc(1, sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	if (ds_opt.cache_stacks && !(t->cache = calloc(ds_opt.cache_stacks, sizeof(*t->cache)))) {
+		free(t);
+		return -ENOMEM;
+	}
+	tl = t;
+	return 0;
+}
+
+/* ---- trims */
+
+/* Decommit [lo, hi) of s, which nobody runs on: s is claimed FLUSHING, or
+ * the caller holds it (dynstack_trim). */
+static int decommit_below(struct dynstack *s, uintptr_t hi)
+{
+	size_t ps = page_size();
+	uintptr_t lo = atomic_load_explicit(&s->edge, memory_order_acquire);
+	if (lo >= hi)
+		return 0;
+	int rc = ds_os_decommit(ds_opt.backend, lo, hi);
+	if (rc)
+		return rc;
+	atomic_store_explicit(&s->edge, hi, memory_order_release);
+	atomic_store_explicit(&s->trim_lo, lo, memory_order_relaxed);
+	atomic_store_explicit(&s->trim_hi, hi, memory_order_relaxed);
+	DS_STAT_SUB(nr_dynamic_stacks_pages, (hi - lo) / ps);
+	DS_STAT_ADD(nr_dynamic_stacks_trimmed, (hi - lo) / ps);
+	DS_STAT_ADD(nr_dynamic_stacks_trim_calls, 1);
+	if (atomic_load_explicit(&ds_trace_on, memory_order_relaxed)) {
+		struct ds_ev_fault r;
+		memset(&r, 0, sizeof(r));
+		r.h.type = DS_EV_TRIM;
+		r.h.len = sizeof(r);
+		r.h.stack = s->id;
+		r.depth = s->top - lo;	   /* what was committed */
+		r.committed = s->top - hi; /* what is left */
+		ds_trace_emit_sigsafe(&r);
+	}
+	return 0;
+}
+
+static int flush_queue(struct ds_tl *t)
+{
+	int first = 0;
+	for (unsigned i = 0; i < t->nq; i++) {
+		struct trim_entry *e = &t->q[i];
+		uint64_t want = DS_TRIM_TAG(e->id, DS_TRIM_PENDING);
+		/* Claim it: fails if it ran again (cancelled) or was destroyed. */
+		if (!atomic_compare_exchange_strong_explicit(
+			    &e->s->trim_state, &want, DS_TRIM_TAG(e->id, DS_TRIM_FLUSHING),
+			    memory_order_acq_rel, memory_order_relaxed))
+			continue;
+		int rc = decommit_below(e->s, e->hi);
+		if (rc && !first)
+			first = rc;
+		atomic_store_explicit(&e->s->trim_state, DS_TRIM_NONE, memory_order_release);
+	}
+	t->nq = 0;
+	t->q_pages = 0;
+	return first;
+}
+
+void ds_trim_claim(struct dynstack *s)
+{
+	for (;;) {
+		uint64_t st = atomic_load_explicit(&s->trim_state, memory_order_acquire);
+		if (st == DS_TRIM_NONE)
+			return;
+		if ((st & 3) == DS_TRIM_PENDING) {
+			if (atomic_compare_exchange_weak_explicit(&s->trim_state, &st, DS_TRIM_NONE,
+								  memory_order_acq_rel,
+								  memory_order_acquire))
+				return; /* cancelled: its pages stay committed */
+			continue;
+		}
+		/* Another thread is decommitting below the saved stack pointer:
+		 * a few microseconds. */
+		sched_yield();
+	}
+}
+
+void ds_trim_note_fault_sigsafe(struct dynstack *s, uintptr_t page)
+{
+	uintptr_t lo = atomic_load_explicit(&s->trim_lo, memory_order_relaxed);
+	uintptr_t hi = atomic_load_explicit(&s->trim_hi, memory_order_relaxed);
+	if (page >= lo && page < hi) {
+		/* The last trim gave back pages this stack needed again: wait
+		 * twice as long before the next one (Go's and Rust's segmented
+		 * stacks died of this hot split; a back-off makes it rare). */
+		uint32_t l = atomic_load_explicit(&s->idle_limit, memory_order_relaxed);
+		if (l < DS_TRIM_IDLE_MAX)
+			atomic_store_explicit(&s->idle_limit, l * 2, memory_order_relaxed);
+		atomic_store_explicit(&s->trim_hi, 0, memory_order_relaxed);
+		DS_STAT_ADD(nr_dynamic_stacks_mistrims, 1);
+	}
+	atomic_store_explicit(&s->faulted, 1, memory_order_relaxed);
+}
+
+/* The hysteresis: the lowest address to keep, or 0 to keep everything. */
+static uintptr_t trim_target(struct dynstack *s, uintptr_t sp)
+{
+	const struct ds_policy *p = s->policy;
+	if (!p->trim_idle || sp < s->lo - s->reserve + p->margin)
+		return 0; /* trim off, or so deep that nothing lies below the margin */
+	uintptr_t keep = (sp - p->margin) & ~(uintptr_t)(page_size() - 1);
+	if (atomic_load_explicit(&s->edge, memory_order_relaxed) >= keep)
+		return 0; /* nothing committed below the margin: the common case */
+	if (atomic_exchange_explicit(&s->faulted, 0, memory_order_relaxed)) {
+		s->idle = 0; /* it grew since the last trim point: it is hot */
+		return 0;
+	}
+	if (++s->idle < atomic_load_explicit(&s->idle_limit, memory_order_relaxed))
+		return 0;
+	s->idle = 0;
+	return keep;
+}
+
+void ds_trim_point(struct dynstack *s, uintptr_t sp)
+{
+	struct ds_tl *t = tl;
+	uintptr_t keep = trim_target(s, sp);
+	if (!keep || !t)
+		return;
+	/* Flush before queueing s: the flush runs on s's own stack, below sp,
+	 * and must not decommit pages it is using. */
+	if (t->nq == DS_TRIMQ_MAX || t->q_pages >= ds_opt.trim_batch)
+		flush_queue(t);
+	uintptr_t lo = atomic_load_explicit(&s->edge, memory_order_relaxed);
+	t->q[t->nq++] = (struct trim_entry){ .s = s, .id = s->id, .lo = lo, .hi = keep };
+	t->q_pages += (keep - lo) / page_size();
+	atomic_store_explicit(&s->trim_state, DS_TRIM_TAG(s->id, DS_TRIM_PENDING),
+			      memory_order_release);
+}
+
+DYNSTACK_API int dynstack_flush(void)
+{
+	DS_KEEP_ERRNO();
+	return tl ? flush_queue(tl) : 0;
+}
+
+DYNSTACK_API int dynstack_trim(dynstack_t *s, const void *sp)
+{
+	DS_KEEP_ERRNO();
+	uintptr_t p = (uintptr_t)sp;
+	if (!s || atomic_load_explicit(&s->state, memory_order_acquire) != DS_SLOT_LIVE)
+		return -EINVAL;
+	if (p < s->lo - s->reserve || p > s->top)
+		return -EINVAL;
+	ds_trim_claim(s);
+	uintptr_t keep = trim_target(s, p);
+	return keep ? decommit_below(s, keep) : 0;
+}
+
+/* ---- the cache */
+
+static void move_to_depot(struct dynstack **v, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		struct depot_class *d = &depot[v[i]->arena->shift];
+		pthread_mutex_lock(&d->lock);
+		v[i]->next_free = d->head;
+		d->head = v[i];
+		d->n++;
+		pthread_mutex_unlock(&d->lock);
+	}
+}
+
+struct dynstack *ds_cache_get(unsigned shift)
+{
+	struct ds_tl *t = tl;
+	if (!t || !ds_opt.cache_stacks)
+		return NULL;
+	struct dynstack *s = NULL;
+	/* Newest first: its pages are the most likely to be in the TLB. */
+	for (size_t i = t->ncache; i-- > 0;) {
+		if (t->cache[i]->arena->shift != shift)
+			continue;
+		s = t->cache[i];
+		t->cache[i] = t->cache[--t->ncache];
+		goto hit;
+	}
+	struct depot_class *d = &depot[shift];
+	pthread_mutex_lock(&d->lock);
+	if ((s = d->head)) {
+		d->head = s->next_free;
+		d->n--;
+		/* Take up to half a cache more in the same trip. */
+		while (d->head && t->ncache < ds_opt.cache_stacks / 2) {
+			struct dynstack *x = d->head;
+			d->head = x->next_free;
+			d->n--;
+			t->cache[t->ncache++] = x;
+		}
+	}
+	pthread_mutex_unlock(&d->lock);
+	if (!s)
+		return NULL;
+hit:
+	s->next_free = NULL;
+	size_t pages = committed_pages(s);
+	atomic_fetch_sub_explicit(&cached_pages, pages, memory_order_relaxed);
+	DS_STAT_SUB(nr_dynamic_stacks_cached, 1);
+	DS_STAT_SUB(nr_dynamic_stacks_cached_pages, pages);
+	DS_STAT_ADD(nr_dynamic_stacks_cache_hits, 1);
+	return s;
+}
+
+bool ds_cache_put(struct dynstack *s)
+{
+	struct ds_tl *t = tl;
+	size_t ps = page_size();
+	if (!t || !ds_opt.cache_stacks)
+		return false;
+	size_t pages = committed_pages(s);
+	if (atomic_load_explicit(&cached_pages, memory_order_relaxed) + pages >
+	    ds_opt.cache_pages) {
+		/* Over the page budget: keep the slot, give back all but the top
+		 * page (its initial size under the default policy). */
+		uintptr_t edge = atomic_load_explicit(&s->edge, memory_order_relaxed);
+		if (pages > 1) {
+			if (ds_os_decommit(ds_opt.backend, edge, s->top - ps))
+				return false;
+			atomic_store_explicit(&s->edge, s->top - ps, memory_order_relaxed);
+		}
+		pages = committed_pages(s);
+		if (atomic_load_explicit(&cached_pages, memory_order_relaxed) + pages >
+		    ds_opt.cache_pages)
+			return false;
+	}
+	if (t->ncache == ds_opt.cache_stacks) {
+		/* Full: the older half goes to the depot in one trip. */
+		size_t half = t->ncache / 2 ? t->ncache / 2 : 1;
+		move_to_depot(t->cache, half);
+		memmove(t->cache, t->cache + half, (t->ncache - half) * sizeof(*t->cache));
+		t->ncache -= half;
+	}
+	atomic_store_explicit(&s->state, DS_SLOT_CACHED, memory_order_release);
+	t->cache[t->ncache++] = s;
+	atomic_fetch_add_explicit(&cached_pages, pages, memory_order_relaxed);
+	DS_STAT_ADD(nr_dynamic_stacks_cached, 1);
+	DS_STAT_ADD(nr_dynamic_stacks_cached_pages, pages);
+	return true;
+}
+
+void ds_tl_fini(void)
+{
+	struct ds_tl *t = tl;
+	if (!t)
+		return;
+	flush_queue(t);
+	move_to_depot(t->cache, t->ncache);
+	tl = NULL;
+	free(t->cache);
+	free(t);
+}
