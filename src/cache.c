@@ -23,9 +23,14 @@
 
 struct trim_entry {
 	struct dynstack *s;
-	uint64_t id;
+	uint64_t tag; /* unique per queueing: a cancelled entry never claims a later one */
 	uintptr_t lo, hi;
 };
+
+/* Tags of queued trims. A stack's id is not enough: a stack that is resumed
+ * (cancelling its entry) and queued again by a later trim point must not let
+ * the first entry, with its older and higher cut, claim the second. */
+static _Atomic uint64_t trim_seq;
 
 /* One per thread that runs our stacks, made outside any handler. */
 struct ds_tl {
@@ -118,10 +123,10 @@ static int flush_queue(struct ds_tl *t)
 	int first = 0;
 	for (unsigned i = 0; i < t->nq; i++) {
 		struct trim_entry *e = &t->q[i];
-		uint64_t want = DS_TRIM_TAG(e->id, DS_TRIM_PENDING);
+		uint64_t want = DS_TRIM_TAG(e->tag, DS_TRIM_PENDING);
 		/* Claim it: fails if it ran again (cancelled) or was destroyed. */
 		if (!atomic_compare_exchange_strong_explicit(
-			    &e->s->trim_state, &want, DS_TRIM_TAG(e->id, DS_TRIM_FLUSHING),
+			    &e->s->trim_state, &want, DS_TRIM_TAG(e->tag, DS_TRIM_FLUSHING),
 			    memory_order_acq_rel, memory_order_relaxed))
 			continue;
 		int rc = decommit_below(e->s, e->hi);
@@ -161,9 +166,9 @@ void ds_trim_note_fault_sigsafe(struct dynstack *s, uintptr_t page)
 		/* The last trim gave back pages this stack needed again: wait
 		 * twice as long before the next one (Go's and Rust's segmented
 		 * stacks died of this hot split; a back-off makes it rare). */
-		uint32_t l = atomic_load_explicit(&s->idle_limit, memory_order_relaxed);
-		if (l < DS_TRIM_IDLE_MAX)
-			atomic_store_explicit(&s->idle_limit, l * 2, memory_order_relaxed);
+		uint32_t l = atomic_load_explicit(&s->idle_limit, memory_order_relaxed) * 2;
+		atomic_store_explicit(&s->idle_limit, l < DS_TRIM_IDLE_MAX ? l : DS_TRIM_IDLE_MAX,
+				      memory_order_relaxed);
 		atomic_store_explicit(&s->trim_hi, 0, memory_order_relaxed);
 		DS_STAT_ADD(nr_dynamic_stacks_mistrims, 1);
 	}
@@ -200,9 +205,10 @@ void ds_trim_point(struct dynstack *s, uintptr_t sp)
 	if (t->nq == DS_TRIMQ_MAX || t->q_pages >= ds_opt.trim_batch)
 		flush_queue(t);
 	uintptr_t lo = atomic_load_explicit(&s->edge, memory_order_relaxed);
-	t->q[t->nq++] = (struct trim_entry){ .s = s, .id = s->id, .lo = lo, .hi = keep };
+	uint64_t tag = atomic_fetch_add_explicit(&trim_seq, 1, memory_order_relaxed) + 1;
+	t->q[t->nq++] = (struct trim_entry){ .s = s, .tag = tag, .lo = lo, .hi = keep };
 	t->q_pages += (keep - lo) / page_size();
-	atomic_store_explicit(&s->trim_state, DS_TRIM_TAG(s->id, DS_TRIM_PENDING),
+	atomic_store_explicit(&s->trim_state, DS_TRIM_TAG(tag, DS_TRIM_PENDING),
 			      memory_order_release);
 }
 
@@ -286,6 +292,8 @@ bool ds_cache_put(struct dynstack *s)
 	if (!t || !ds_opt.cache_stacks)
 		return false;
 	size_t pages = committed_pages(s);
+	if (atomic_load_explicit(&cached_pages, memory_order_relaxed) + 1 > ds_opt.cache_pages)
+		return false; /* not even one page fits: no decommit that is thrown away */
 	if (atomic_load_explicit(&cached_pages, memory_order_relaxed) + pages >
 	    ds_opt.cache_pages) {
 		/* Over the page budget: keep the slot, give back all but the top

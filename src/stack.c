@@ -243,6 +243,7 @@ int ds_stack_create(struct dynstack **out, const dynstack_attr_t *attr, uint32_t
 	atomic_store_explicit(&s->edge, edge, memory_order_relaxed);
 	atomic_store_explicit(&s->peak_edge, edge, memory_order_relaxed);
 	atomic_store_explicit(&s->trim_state, DS_TRIM_NONE, memory_order_relaxed);
+	atomic_store_explicit(&s->faulted, 0, memory_order_relaxed);
 	atomic_store_explicit(&s->idle_limit, pol->trim_idle ? pol->trim_idle : 1,
 			      memory_order_relaxed);
 	atomic_store_explicit(&s->trim_lo, 0, memory_order_relaxed);

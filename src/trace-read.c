@@ -137,6 +137,7 @@ static size_t min_len(uint16_t type)
 	case DS_EV_SPURIOUS:
 	case DS_EV_OVERFLOW:
 	case DS_EV_WARN:
+	case DS_EV_TRIM:
 		return sizeof(struct ds_ev_fault);
 	case DS_EV_LOST:
 		return sizeof(struct ds_ev_lost);
@@ -152,6 +153,7 @@ static const char *type_name(uint16_t type)
 		[DS_EV_DESTROY] = "DESTROY",   [DS_EV_FAULT] = "FAULT",
 		[DS_EV_SPURIOUS] = "SPURIOUS", [DS_EV_OVERFLOW] = "OVERFLOW",
 		[DS_EV_WARN] = "WARN",	       [DS_EV_LOST] = "LOST",
+		[DS_EV_TRIM] = "TRIM",
 	};
 	return type < sizeof(names) / sizeof(names[0]) && names[type] ? names[type] : "unknown";
 }
@@ -198,6 +200,17 @@ static int check_record(struct ds_trace_reader *r, const struct ds_ev_head *h, c
 				    "offset %zu: FAULT committed %llu is below its depth %llu",
 				    r->off, (unsigned long long)f->committed,
 				    (unsigned long long)f->depth);
+		return 0;
+	}
+	case DS_EV_TRIM: {
+		/* depth: committed before the decommit; committed: what is left. */
+		const struct ds_ev_fault *f = (const void *)h;
+		if (f->committed > f->depth)
+			return fail(
+				r, err, errlen,
+				"offset %zu: TRIM leaves %llu committed, above the %llu before it",
+				r->off, (unsigned long long)f->committed,
+				(unsigned long long)f->depth);
 		return 0;
 	}
 	case DS_EV_LOST: {
@@ -247,7 +260,8 @@ int ds_trace_next(struct ds_trace_reader *r, const struct ds_ev_head **rec, char
 	if (h->len < min_len(h->type))
 		return fail(r, err, errlen, "offset %zu: %s record of %u bytes, below its %zu",
 			    r->off, type_name(h->type), h->len, min_len(h->type));
-	if (h->type >= DS_EV_CREATE && h->type <= DS_EV_WARN && !h->stack)
+	if (((h->type >= DS_EV_CREATE && h->type <= DS_EV_WARN) || h->type == DS_EV_TRIM) &&
+	    !h->stack)
 		return fail(r, err, errlen, "offset %zu: %s record for stack id 0", r->off,
 			    type_name(h->type));
 	int rc = check_record(r, h, err, errlen);

@@ -330,6 +330,9 @@ static void fork_child(void)
 
 static void ring_key_dtor(void *arg)
 {
+	/* The thread's queued trims are decommitted (and recorded) before its
+	 * ring goes: this key's destructor may run before thread.c's. */
+	ds_tl_fini();
 	if (arg == my_ring)
 		ds_trace_thread_fini();
 }

@@ -35,15 +35,16 @@ enum ds_slot_state {
 	DS_SLOT_CACHED = 2, /* a destroyed stack kept warm in a cache: foreign */
 };
 
-/* trim_state: a decommit queued for a suspended stack, tagged with the
- * stack's id so that a queue entry can never act on a later stack of the
- * same slot. Resume cancels a pending one; flush claims it first. */
+/* trim_state: a decommit queued for a suspended stack, tagged with a number
+ * unique to that queueing, so that a queue entry can never act on a later
+ * queueing (of this stack or of a later stack of the slot). Resume cancels
+ * a pending one; flush claims it first. */
 enum ds_trim_state {
 	DS_TRIM_NONE = 0,
 	DS_TRIM_PENDING = 1,
 	DS_TRIM_FLUSHING = 2,
 };
-#define DS_TRIM_TAG(id, st) (((uint64_t)(id) << 2) | (st))
+#define DS_TRIM_TAG(tag, st) (((uint64_t)(tag) << 2) | (st))
 
 enum ds_slot_flags {
 	DS_SLOT_CORO = 1u << 0, /* owned by a coroutine; dynstack_destroy refuses */
@@ -70,7 +71,7 @@ struct dynstack {
 	struct dynstack_coro *coro;	/* owning coroutine, or NULL */
 	/* trim (cache.c). faulted/trim_lo/trim_hi/idle_limit are also touched
 	 * by the handler of the thread running the stack: relaxed atomics. */
-	_Atomic uint64_t trim_state;	    /* DS_TRIM_TAG(id, enum ds_trim_state) */
+	_Atomic uint64_t trim_state;	    /* DS_TRIM_TAG(tag, enum ds_trim_state) */
 	_Atomic int faulted;		    /* grew since the last trim point */
 	_Atomic uint32_t idle_limit;	    /* idle trim points before a trim */
 	uint32_t idle;			    /* idle trim points so far */

@@ -626,6 +626,147 @@ static void test_overflow_fail(void **state)
 	unlink(path);
 }
 
+/* ---- trims: replayed as the live run made them */
+
+struct trim_job {
+	size_t depths[8]; /* how deep each run goes before it yields near the top (0: idle) */
+	int ok;
+};
+
+static void trim_body(void *arg)
+{
+	struct trim_job *j = arg;
+	const void *top = dynstack_top(dynstack_coro_stack(dynstack_coro_current()));
+	j->ok = 1;
+	for (int k = 0; k < 8; k++) {
+		if (j->depths[k] && !touch_down(top, j->depths[k]))
+			j->ok = 0;
+		dynstack_coro_yield();
+	}
+}
+
+/* Coroutines that go deep and come back, yield idle, go deep again into what a trim gave back
+ * (mis-trims), with the queue flushed now and then; and a stack trimmed by dynstack_trim. */
+static int trim_workload(const char *spec, struct live_run *lr)
+{
+	static const size_t pattern[3][8] = {
+		{ 48 * KIB, 0, 0, 56 * KIB, 0, 0, 24 * KIB, 0 },
+		{ 32 * KIB, 0, 32 * KIB, 0, 0, 64 * KIB, 0, 0 },
+		{ 8 * KIB, 40 * KIB, 0, 0, 40 * KIB, 0, 0, 0 },
+	};
+	struct trim_job jobs[3];
+	dynstack_coro_t *c[3];
+	dynstack_attr_t attr;
+	dynstack_t *s;
+
+	dynstack_attr_init(&attr);
+	attr.size = 96 * KIB;
+	attr.policy = spec;
+	for (int i = 0; i < 3; i++) {
+		memcpy(jobs[i].depths, pattern[i], sizeof(jobs[i].depths));
+		if (dynstack_coro_create(&c[i], trim_body, &jobs[i], &attr))
+			return -1;
+	}
+	for (int k = 0; k < 9; k++) {
+		for (int i = 0; i < 3; i++)
+			if (dynstack_coro_resume(c[i]))
+				return -1;
+		if (k % 3 == 2 && dynstack_flush())
+			return -1;
+	}
+	if (dynstack_flush())
+		return -1;
+	for (int i = 0; i < 3; i++) {
+		if (!jobs[i].ok || dynstack_coro_status(c[i]) != DYNSTACK_CORO_DEAD)
+			return -1;
+		remember(lr, dynstack_coro_stack(c[i]));
+		if (dynstack_coro_destroy(c[i]))
+			return -1;
+	}
+
+	/* A runtime's own stack: trimmed synchronously, grown back, trimmed again. */
+	if (dynstack_create(&s, &attr))
+		return -1;
+	char *top = dynstack_top(s);
+	for (int round = 0; round < 3; round++) {
+		touch_pages_down(top - 40 * KIB, top);
+		for (int k = 0; k < 6; k++)
+			if (dynstack_trim(s, top - 2 * KIB))
+				return -1;
+	}
+	remember(lr, s);
+	return dynstack_destroy(s);
+}
+
+/* The trims of a live run replay exactly: the commit after each TRIM is the live one, so the
+ * faults that follow (mis-trims included) and every peak and final commit agree. */
+static void test_replay_with_trims(void **state)
+{
+	static const char *const specs[] = {
+		"trim=yield:1",
+		"step=3,trim=yield:2,margin=8k",
+		"double=16k,trim=yield:1",
+	};
+	TAKE_SIGSEGV();
+
+	for (size_t p = 0; p < sizeof(specs) / sizeof(*specs); p++) {
+		struct live_run lr = { .n = 0 };
+		struct ds_sim_result r;
+		char path[256], err[256];
+
+		temp_path(path, sizeof(path), "trim");
+		dynstack_stats_t before = stats_now();
+		assert_int_equal(dynstack_trace_start(path), 0);
+		assert_int_equal(trim_workload(specs[p], &lr), 0);
+		assert_int_equal(dynstack_trace_stop(), 0);
+		dynstack_stats_t after = stats_now();
+		uint64_t calls =
+			after.nr_dynamic_stacks_trim_calls - before.nr_dynamic_stacks_trim_calls;
+		uint64_t mistrims =
+			after.nr_dynamic_stacks_mistrims - before.nr_dynamic_stacks_mistrims;
+		/* The workload does what it is for. */
+		assert_true(calls >= 4);
+		assert_true(mistrims >= 2);
+
+		struct ds_sim_trace *t = load_ok(path);
+		assert_int_equal(t->lost, 0);
+		assert_int_equal(t->trims, calls);
+		assert_int_equal(ds_sim_replay(t, NULL, &r, err, sizeof(err)), 0);
+		assert_agrees(specs[p], t, &r, &lr);
+		assert_int_equal(r.mismatched, 0);
+		assert_int_equal(r.inexact, 0);
+		assert_int_equal(r.trims, calls);
+		assert_int_equal(r.faults,
+				 after.nr_dynamic_stacks_faults - before.nr_dynamic_stacks_faults);
+		assert_int_equal(r.timeline[t->nevents - 1], 0);
+		ds_sim_result_fini(&r);
+
+		/* Without the TRIM records the same replay would not agree: the faults after
+		 * each trim are what the trims caused. */
+		struct ds_sim_trace *nt = load_ok(path);
+		size_t n = 0;
+		for (size_t i = 0; i < nt->nevents; i++)
+			if (nt->events[i].kind != DS_SIM_TRIM)
+				nt->events[n++] = nt->events[i];
+		nt->nevents = n;
+		assert_int_equal(ds_sim_replay(nt, NULL, &r, err, sizeof(err)), 0);
+		assert_true(r.mismatched > 0);
+		assert_true(r.faults <
+			    after.nr_dynamic_stacks_faults - before.nr_dynamic_stacks_faults);
+		ds_sim_result_fini(&r);
+		ds_sim_free(nt);
+
+		/* Under another policy the trims are the live ones all the same. */
+		struct ds_policy off;
+		assert_int_equal(ds_policy_parse("step=1,trim=off", &off, err, sizeof(err)), 0);
+		assert_int_equal(ds_sim_replay(t, &off, &r, err, sizeof(err)), 0);
+		assert_true(r.trims > 0);
+		ds_sim_result_fini(&r);
+		ds_sim_free(t);
+		unlink(path);
+	}
+}
+
 /* ---- the engine on traces built by hand */
 
 struct tbuf {
@@ -721,6 +862,19 @@ static void put_destroy(struct tbuf *b, uint64_t time, uint64_t stack, size_t pe
 	put(b, &r, sizeof(r));
 }
 
+static void put_trim(struct tbuf *b, uint64_t time, uint64_t stack, size_t before, size_t after)
+{
+	struct ds_ev_fault r;
+	memset(&r, 0, sizeof(r));
+	r.h.type = DS_EV_TRIM;
+	r.h.len = sizeof(r);
+	r.h.time_ns = time;
+	r.h.stack = stack;
+	r.depth = before;
+	r.committed = after;
+	put(b, &r, sizeof(r));
+}
+
 /* Records out of time order (another thread's batch first), an unknown stack, and a mean that
  * can be worked out by hand. */
 static void test_synthetic_timeline(void **state)
@@ -788,6 +942,125 @@ static void test_synthetic_learn_history(void **state)
 	assert_int_equal(r.stacks[1].learned, 8 * KIB);
 	ds_sim_result_fini(&r);
 	ds_sim_free(t);
+}
+
+/* A TRIM lowers the replayed commit to the live one, with one decommit; the fault after it is
+ * replayed from there. Where the replay has less committed, it changes nothing. */
+static void test_synthetic_trim(void **state)
+{
+	struct tbuf b = { .len = 0 };
+	struct ds_sim_trace *t;
+	struct ds_sim_result r;
+	struct ds_policy pol;
+	char err[256];
+
+	put_header(&b);
+	put_policy(&b, 0, "step=1");
+	put_create(&b, 0, 1, 0x100000, "a", 0);
+	put_fault(&b, 10, 1, 16 * KIB, 16 * KIB);
+	put_trim(&b, 20, 1, 16 * KIB, 8 * KIB);
+	put_fault(&b, 30, 1, 12 * KIB, 12 * KIB);
+	put_destroy(&b, 40, 1, 16 * KIB);
+	assert_int_equal(ds_sim_load_mem(b.data, b.len, &t, err, sizeof(err)), 0);
+	assert_int_equal(t->trims, 1);
+	assert_int_equal(t->stacks[0].trims, 1);
+	assert_int_equal(t->stacks[0].faults, 2);
+	assert_int_equal(t->stacks[0].deepest, 16 * KIB); /* a TRIM is no touch */
+	assert_int_equal(ds_sim_replay(t, NULL, &r, err, sizeof(err)), 0);
+	assert_int_equal(r.faults, 2);
+	assert_int_equal(r.trims, 1);
+	assert_int_equal(r.stacks[0].trims, 1);
+	assert_int_equal(r.stacks[0].peak, 16 * KIB);
+	assert_int_equal(r.stacks[0].committed, 12 * KIB);
+	/* create, fault, trim, fault, destroy */
+	assert_int_equal(r.timeline[1], 16 * KIB);
+	assert_int_equal(r.timeline[2], 8 * KIB);
+	assert_int_equal(r.timeline[3], 12 * KIB);
+	assert_int_equal(r.timeline[4], 0);
+	assert_int_equal(r.syscalls, 5); /* create, two faults, the trim, destroy */
+	assert_int_equal(r.mismatched, 0);
+	assert_int_equal(r.inexact, 0);
+	ds_sim_result_fini(&r);
+	/* double: 16 KiB at the first fault, 8 after the trim, 16 again at the second. */
+	assert_int_equal(ds_policy_parse("double", &pol, err, sizeof(err)), 0);
+	assert_int_equal(ds_sim_replay(t, &pol, &r, err, sizeof(err)), 0);
+	assert_int_equal(r.faults, 2);
+	assert_int_equal(r.trims, 1);
+	assert_int_equal(r.stacks[0].committed, 16 * KIB);
+	ds_sim_result_fini(&r);
+	ds_sim_free(t);
+
+	/* Recorded with initial=12k, trimmed to 8k without a fault; replayed under step=1 the
+	 * stack never had more than 4k: the trim does nothing there, and costs nothing. */
+	b.len = 0;
+	put_header(&b);
+	put_policy(&b, 0, "step=1,initial=12k");
+	size_t created_at = b.len;
+	put_create(&b, 0, 1, 0x100000, "a", 0);
+	((struct ds_ev_create *)(b.data + created_at))->committed = 12 * KIB;
+	put_trim(&b, 10, 1, 12 * KIB, 8 * KIB);
+	put_destroy(&b, 20, 1, 12 * KIB);
+	assert_int_equal(ds_sim_load_mem(b.data, b.len, &t, err, sizeof(err)), 0);
+	assert_false(t->stacks[0].explicit_ini);
+	assert_int_equal(ds_sim_replay(t, NULL, &r, err, sizeof(err)), 0);
+	assert_int_equal(r.trims, 1);
+	assert_int_equal(r.stacks[0].committed, 8 * KIB);
+	ds_sim_result_fini(&r);
+	assert_int_equal(ds_policy_parse("step=1", &pol, err, sizeof(err)), 0);
+	assert_int_equal(ds_sim_replay(t, &pol, &r, err, sizeof(err)), 0);
+	assert_int_equal(r.trims, 0);
+	assert_int_equal(r.syscalls, 2);
+	assert_int_equal(r.stacks[0].committed, 4 * KIB);
+	ds_sim_result_fini(&r);
+	ds_sim_free(t);
+}
+
+/* The reader knows TRIM: its name, its length, its stack and its sizes are checked. */
+static void test_reader_trim(void **state)
+{
+	struct tbuf b = { .len = 0 };
+	struct ds_trace_reader *rd;
+	const struct ds_ev_head *h;
+	char err[256];
+	size_t at;
+	int rc;
+
+	put_header(&b);
+	put_policy(&b, 0, "step=1");
+	put_create(&b, 0, 1, 0x100000, "a", 0);
+	at = b.len;
+	put_trim(&b, 10, 1, 16 * KIB, 8 * KIB);
+	assert_int_equal(ds_trace_open_mem(b.data, b.len, &rd, err, sizeof(err)), 0);
+	size_t trims = 0;
+	while ((rc = ds_trace_next(rd, &h, err, sizeof(err))) == 1)
+		trims += h->type == DS_EV_TRIM;
+	assert_int_equal(rc, 0);
+	assert_int_equal(trims, 1);
+	ds_trace_close(rd);
+
+	static const struct {
+		size_t field; /* byte offset into the record */
+		uint64_t value;
+		unsigned width;
+		const char *says;
+	} bad[] = {
+		{ offsetof(struct ds_ev_head, len), 40, 2,
+		  "TRIM record of 40 bytes, below its 48" },
+		{ offsetof(struct ds_ev_head, stack), 0, 8, "TRIM record for stack id 0" },
+		{ offsetof(struct ds_ev_fault, committed), 20 * KIB, 8,
+		  "TRIM leaves 20480 committed, above the 16384 before it" },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
+		struct tbuf m = b;
+		memcpy(m.data + at + bad[i].field, &bad[i].value, bad[i].width);
+		assert_int_equal(ds_trace_open_mem(m.data, m.len, &rd, err, sizeof(err)), 0);
+		while ((rc = ds_trace_next(rd, &h, err, sizeof(err))) == 1)
+			;
+		ds_trace_close(rd);
+		assert_int_equal(rc, -EPROTO);
+		if (!contains(err, bad[i].says))
+			fail_msg("case %zu: \"%s\", expected \"%s\"", i, err, bad[i].says);
+	}
 }
 
 /* A policy the trace names but this process cannot replay is refused with its name. */
@@ -944,6 +1217,20 @@ static void test_command_line(void **state)
 	assert_true(contains(line, "\"recorded\","));
 	fclose(f);
 
+	/* A trace with trims: the summary counts them, and the replay agrees with no warning. */
+	char trims[256];
+	temp_path(trims, sizeof(trims), "cli-trim");
+	lr.n = 0;
+	assert_int_equal(dynstack_trace_start(trims), 0);
+	assert_int_equal(trim_workload("trim=yield:1", &lr), 0);
+	assert_int_equal(dynstack_trace_stop(), 0);
+	char *trimmed[] = { "dynstack-sim", trims, "recorded", "step=2", NULL };
+	assert_int_equal(run_tool(tool, NULL, trimmed, out, sizeof(out)), 0);
+	assert_true(contains(out, " trims;"));
+	if (contains(out, "warning:"))
+		fail_msg("%s", out);
+	unlink(trims);
+
 	/* gnuplot is optional: without it the table still comes, with a clear message. */
 	char *plotting[] = { "dynstack-sim", "--plot", plot, trace, NULL };
 	assert_int_equal(run_tool(tool, "/nonexistent", plotting, out, sizeof(out)), 1);
@@ -968,8 +1255,11 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_coarse_recording_is_a_lower_bound),
 		cmocka_unit_test(test_explicit_initial_is_kept),
 		cmocka_unit_test(test_overflow_fail),
+		cmocka_unit_test(test_replay_with_trims),
 		cmocka_unit_test(test_synthetic_timeline),
 		cmocka_unit_test(test_synthetic_learn_history),
+		cmocka_unit_test(test_synthetic_trim),
+		cmocka_unit_test(test_reader_trim),
 		cmocka_unit_test(test_unregistered_policy),
 		cmocka_unit_test(test_bad_traces),
 		cmocka_unit_test(test_command_line),

@@ -92,6 +92,12 @@ static void usage(FILE *f, int full)
 		"is a lower bound: the 'inexact' column counts the stacks that ran with less\n"
 		"committed than the live stack at some point.\n"
 		"\n"
+		"Trims: the trace holds every trim the live run made (TRIM records), not the\n"
+		"stack pointers its decisions depended on, so trims are replayed as made, under\n"
+		"every SPEC: a trim lowers a stack's replayed commit to what the live stack kept\n"
+		"(one decommit call, counted in syscalls); the trim= and margin= items of a SPEC\n"
+		"change nothing in a replay.\n"
+		"\n"
 		"Exit status: 0; 1 when an output file or the plot could not be written; 2 for\n"
 		"a usage error, a bad spec or a bad trace.\n");
 }
@@ -381,6 +387,8 @@ static void print_summary(const char *path, const struct ds_sim_trace *t)
 	if (t->handler_samples)
 		printf(", %.0f ns each in the handler",
 		       (double)t->handler_ns / (double)t->handler_samples);
+	if (t->trims)
+		printf(", %" PRIu64 " trim%s", t->trims, t->trims == 1 ? "" : "s");
 	printf("; fixed stacks of the same sizes: %.0f KiB\n", kib((double)fixed_peak(t)));
 }
 

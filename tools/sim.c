@@ -2,7 +2,9 @@
  * under a policy. Every decision goes through the library's own ds_policy_decide_sigsafe and
  * ds_policy_initial, fed a dynstack_fault_info_t built as ds_stack_fault_sigsafe builds it, and
  * learn's history is kept as ds_stack_create and ds_stack_release keep it, so that replaying a
- * trace under the policy it was recorded with gives back the live faults and peaks exactly. */
+ * trace under the policy it was recorded with gives back the live faults and peaks exactly.
+ * Trims are the exception: TRIM records are applied as the live run made them (see
+ * ds_sim_replay), so that the faults after a trim replay exactly too. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -242,7 +244,8 @@ static int load_create(struct loader *l, const struct ds_ev_create *r, char *err
 }
 
 /* A record about a stack: kept with the stack's id, which is resolved once the whole file is in
- * (the CREATE may sit in another thread's later batch). */
+ * (the CREATE may sit in another thread's later batch; a TRIM is written by whichever thread
+ * flushed the trim queue). */
 static int load_stack_event(struct loader *l, const struct ds_ev_head *h, char *err, size_t errlen)
 {
 	size_t ps = l->t->page_size;
@@ -265,7 +268,13 @@ static int load_stack_event(struct loader *l, const struct ds_ev_head *h, char *
 		 * there, so that a corrupt depth cannot wrap the arithmetic. */
 		size_t most = (size_t)DYNSTACK_MAX_SIZE + ps;
 		uint64_t depth = round_page(r->depth < most ? r->depth : most, ps);
-		rc = add_event(l, h, NO_INDEX, DS_SIM_TOUCH, depth, r->committed, r->ns);
+		if (h->type == DS_EV_TRIM) {
+			/* depth: committed before; committed: what the trim left. */
+			uint64_t left = round_page(r->committed < most ? r->committed : most, ps);
+			rc = add_event(l, h, NO_INDEX, DS_SIM_TRIM, depth, left, 0);
+		} else {
+			rc = add_event(l, h, NO_INDEX, DS_SIM_TOUCH, depth, r->committed, r->ns);
+		}
 	}
 	return rc ? sim_error(rc, err, errlen, "out of memory") : 0;
 }
@@ -282,6 +291,7 @@ static int load_record(struct loader *l, const struct ds_ev_head *h, char *err, 
 	case DS_EV_SPURIOUS:
 	case DS_EV_OVERFLOW:
 	case DS_EV_WARN:
+	case DS_EV_TRIM:
 		return load_stack_event(l, h, err, errlen);
 	case DS_EV_LOST:
 		if (h->len < sizeof(struct ds_ev_lost))
@@ -380,6 +390,9 @@ static int load_finish(struct loader *l, char *err, size_t errlen)
 				t->handler_ns += e->ns;
 				t->handler_samples++;
 			}
+		} else if (e->kind == DS_SIM_TRIM) {
+			s->trims++;
+			t->trims++;
 		}
 	}
 	return 0;
@@ -690,6 +703,21 @@ int ds_sim_replay(const struct ds_sim_trace *t, const struct ds_policy *p, struc
 				x->rec_committed = e->committed;
 			if (!x->stopped && x->committed < x->rec_committed)
 				o->inexact = true;
+			break;
+		case DS_SIM_TRIM:
+			/* The live trim decision, replayed rather than decided again (the
+			 * hysteresis depends on stack pointers the trace does not hold): the
+			 * stack keeps at most what the live one kept, with one decommit. */
+			if (!x->live)
+				break;
+			x->rec_committed = e->committed;
+			if (e->committed < x->committed) {
+				total -= x->committed - e->committed;
+				x->committed = e->committed;
+				r->syscalls++;
+				r->trims++;
+				o->trims++;
+			}
 			break;
 		case DS_SIM_DESTROY: {
 			if (!x->live)

@@ -35,6 +35,7 @@ struct ds_sim_stack {
 	size_t learned;	   /* what learn knew at creation */
 	uint32_t policy;   /* index into ds_sim_trace.policies, or DS_SIM_NO_POLICY */
 	uint64_t faults;   /* live: FAULT and WARN records */
+	uint64_t trims;	   /* live: TRIM records */
 	size_t peak;	   /* live: DESTROY's peak, else the most committed any record shows */
 	size_t deepest;	   /* deepest page any record names (0: none) */
 	bool explicit_ini; /* created with attr.initial (committed differs from the policy's) */
@@ -45,6 +46,7 @@ enum ds_sim_kind {
 	DS_SIM_CREATE,
 	DS_SIM_DESTROY,
 	DS_SIM_TOUCH, /* FAULT, SPURIOUS, WARN, OVERFLOW: a page was touched */
+	DS_SIM_TRIM,  /* TRIM: the live run gave back the pages below `committed` */
 };
 
 struct ds_sim_event {
@@ -53,7 +55,8 @@ struct ds_sim_event {
 	uint32_t stack;	    /* index into ds_sim_trace.stacks */
 	uint16_t kind;	    /* enum ds_sim_kind */
 	uint16_t type;	    /* enum ds_trace_type of the record */
-	uint64_t depth;	    /* TOUCH: top down to the bottom of the page; DESTROY: live peak */
+	uint64_t depth;	    /* TOUCH: top down to the bottom of the page; DESTROY: live peak;
+			     * TRIM: live committed before the trim */
 	uint64_t committed; /* live committed after the record */
 	uint64_t ns;	    /* FAULT: time in the handler, 0 if not measured */
 };
@@ -69,6 +72,7 @@ struct ds_sim_trace {
 	struct ds_sim_policy *policies;
 	size_t npolicies;
 	uint64_t lost;		  /* events the writer dropped (DS_EV_LOST) */
+	uint64_t trims;		  /* TRIM records of the live run */
 	uint64_t orphans;	  /* records of stacks created before the trace started */
 	uint64_t unknown;	  /* records of types this reader does not know */
 	uint64_t handler_ns;	  /* sum of the handler times FAULT records measured */
@@ -92,6 +96,7 @@ struct ds_sim_stack_result {
 	size_t peak;	  /* most ever committed */
 	size_t committed; /* at destroy, or at the end of the trace */
 	uint64_t faults;
+	uint64_t trims; /* replayed trims that gave pages back */
 	size_t learned; /* what learn knew at creation */
 	bool overflowed;
 	bool warned;
@@ -103,6 +108,7 @@ struct ds_sim_result {
 	double mean;	    /* time-weighted mean of that total, first to last event */
 	uint64_t faults;    /* faults that committed pages */
 	uint64_t syscalls;  /* commit/decommit/populate calls */
+	uint64_t trims;	    /* replayed trims that gave pages back (one decommit each) */
 	uint64_t overflows; /* faults below size + reserve */
 	uint64_t warnings;  /* stacks that crossed into their reserve (overflow=warn) */
 	uint64_t failed;    /* stacks ended by overflow=fail */
@@ -114,7 +120,9 @@ struct ds_sim_result {
 	size_t *timeline;		    /* total committed after each event */
 };
 
-/* Replay t under policy p, or with p NULL under the policy each stack was recorded with. 0,
+/* Replay t under policy p, or with p NULL under the policy each stack was recorded with. Trims
+ * are not decided again: each TRIM record lowers the replayed commit to what the live stack kept
+ * (when it is below what the replay has), under any p. 0,
  * -ENOMEM, or -EINVAL when a recorded policy cannot be replayed here (a grow=NAME that is not
  * registered in this process), with the reason in err. Free *r with ds_sim_result_fini. */
 int ds_sim_replay(const struct ds_sim_trace *t, const struct ds_policy *p, struct ds_sim_result *r,
