@@ -5,10 +5,12 @@
 #ifndef DS_TEST_HELPERS_H
 #define DS_TEST_HELPERS_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/wait.h>
 
 #include <dynstack.h>
 
@@ -54,6 +56,26 @@ int run_in_child(child_fn fn, void *arg, int *status, char *err, size_t errsize)
 int run_self(const char *mode, const char *const *env, int *status, char *err, size_t errsize);
 /* Human-readable form of a wait status, for assertion messages. */
 const char *describe_status(int status);
+
+#ifdef cmocka_unit_test
+/* Run fn(arg) in a child with its stderr in err, and fail the test unless
+ * the child exits with 0 (want_signal == 0) or dies by want_signal. */
+static inline void expect_child(child_fn fn, void *arg, int want_signal, char *err, size_t errsize)
+{
+	int status;
+
+	assert_int_equal(run_in_child(fn, arg, &status, err, errsize), 0);
+	if (!want_signal && (!WIFEXITED(status) || WEXITSTATUS(status) != 0))
+		fail_msg("child %s; its stderr:\n%s", describe_status(status), err);
+	if (want_signal && (!WIFSIGNALED(status) || WTERMSIG(status) != want_signal))
+		fail_msg("child %s, expected death by signal %d; its stderr:\n%s",
+			 describe_status(status), want_signal, err);
+}
+/* For test files that keep their child's stderr in a `child_err` array. */
+#define expect_child_ok(fn, arg) expect_child((fn), (arg), 0, child_err, sizeof(child_err))
+#define expect_child_sigsegv(fn, arg)                                                              \
+	expect_child((fn), (arg), SIGSEGV, child_err, sizeof(child_err))
+#endif
 
 /* Recurse until the frame is at least `bytes` below `top`, writing every
  * byte of a 256-byte volatile array per level, and check on the way back up

@@ -97,16 +97,6 @@ static struct delta since(const dynstack_stats_t *a)
 	};
 }
 
-static void expect_death_by_sigsegv(child_fn fn, void *arg)
-{
-	int status;
-
-	assert_int_equal(run_in_child(fn, arg, &status, child_err, sizeof(child_err)), 0);
-	if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGSEGV)
-		fail_msg("child %s, expected death by SIGSEGV; its stderr:\n%s",
-			 describe_status(status), child_err);
-}
-
 static void run_mode(const char *mode, const char *const *env)
 {
 	int status;
@@ -259,7 +249,7 @@ static int not_live_child(void *arg)
 
 static void test_cached_is_not_live(void **state)
 {
-	expect_death_by_sigsegv(not_live_child, NULL);
+	expect_child_sigsegv(not_live_child, NULL);
 	assert_true(contains(child_err, "touching"));
 	assert_false(contains(child_err, "libdynstack:"));
 }
@@ -341,7 +331,7 @@ static void test_smaller_stack_floor(void **state)
 	assert_int_equal(count_accessible(base, lo), 0);
 	assert_int_equal(count_accessible(lo, top), small / ps);
 
-	expect_death_by_sigsegv(floor_child, n);
+	expect_child_sigsegv(floor_child, n);
 	char want[96];
 	snprintf(want, sizeof(want), "libdynstack: stack overflow on stack %llu",
 		 (unsigned long long)dynstack_id(n));

@@ -25,25 +25,6 @@
 
 static char child_err[8192];
 
-static void expect_clean_exit(child_fn fn, void *arg)
-{
-	int status;
-
-	assert_int_equal(run_in_child(fn, arg, &status, child_err, sizeof(child_err)), 0);
-	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-		fail_msg("child %s; its stderr:\n%s", describe_status(status), child_err);
-}
-
-static void expect_death_by_sigsegv(child_fn fn, void *arg)
-{
-	int status;
-
-	assert_int_equal(run_in_child(fn, arg, &status, child_err, sizeof(child_err)), 0);
-	if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGSEGV)
-		fail_msg("child %s, expected death by SIGSEGV; its stderr:\n%s",
-			 describe_status(status), child_err);
-}
-
 static dynstack_t *create(size_t size, const char *name)
 {
 	dynstack_attr_t attr;
@@ -91,7 +72,7 @@ static void test_overflow_kills_with_report(void **state)
 {
 	char want[128];
 
-	expect_death_by_sigsegv(overflow_child, NULL);
+	expect_child_sigsegv(overflow_child, NULL);
 	uint64_t id = reported_id(child_err);
 	assert_true(id != 0);
 	snprintf(want, sizeof(want),
@@ -119,7 +100,7 @@ static void test_overflow_direct_access(void **state)
 {
 	char want[128];
 
-	expect_death_by_sigsegv(overflow_direct_child, NULL);
+	expect_child_sigsegv(overflow_direct_child, NULL);
 	snprintf(want, sizeof(want), "stack overflow on stack %" PRIu64 " \"direct\" (size 65536",
 		 reported_id(child_err));
 	if (!contains(child_err, want) || !contains(child_err, ", 1 bytes below the stack)"))
@@ -244,7 +225,7 @@ static int foreign_siginfo_child(void *arg)
 
 static void test_foreign_to_siginfo_handler(void **state)
 {
-	expect_clean_exit(foreign_siginfo_child, NULL);
+	expect_child_ok(foreign_siginfo_child, NULL);
 }
 
 static int foreign_plain_child(void *arg)
@@ -263,7 +244,7 @@ static int foreign_plain_child(void *arg)
 
 static void test_foreign_to_plain_handler(void **state)
 {
-	expect_clean_exit(foreign_plain_child, NULL);
+	expect_child_ok(foreign_plain_child, NULL);
 }
 
 /* SA_NODEFER: the previous handler runs with its signal unblocked. */
@@ -280,7 +261,7 @@ static int foreign_nodefer_child(void *arg)
 
 static void test_foreign_nodefer(void **state)
 {
-	expect_clean_exit(foreign_nodefer_child, NULL);
+	expect_child_ok(foreign_nodefer_child, NULL);
 }
 
 /* SA_RESETHAND: the previous handler runs once, the next fault kills. */
@@ -300,7 +281,7 @@ static int foreign_resethand_child(void *arg)
 
 static void test_foreign_resethand(void **state)
 {
-	expect_death_by_sigsegv(foreign_resethand_child, NULL);
+	expect_child_sigsegv(foreign_resethand_child, NULL);
 	assert_true(contains(child_err, "second fault"));
 }
 
@@ -317,7 +298,7 @@ static int foreign_dfl_child(void *arg)
 
 static void test_foreign_with_sig_dfl_kills(void **state)
 {
-	expect_death_by_sigsegv(foreign_dfl_child, NULL);
+	expect_child_sigsegv(foreign_dfl_child, NULL);
 	assert_true(contains(child_err, "grown"));
 	assert_false(contains(child_err, "libdynstack:"));
 }
@@ -335,7 +316,7 @@ static int foreign_ign_child(void *arg)
 
 static void test_foreign_with_sig_ign_kills(void **state)
 {
-	expect_death_by_sigsegv(foreign_ign_child, NULL);
+	expect_child_sigsegv(foreign_ign_child, NULL);
 	assert_true(contains(child_err, "grown"));
 	assert_false(contains(child_err, "libdynstack:"));
 }
@@ -355,7 +336,7 @@ static int sent_ign_child(void *arg)
 
 static void test_sent_sigsegv_ignored(void **state)
 {
-	expect_clean_exit(sent_ign_child, NULL);
+	expect_child_ok(sent_ign_child, NULL);
 }
 
 static int sent_info_child(void *arg)
@@ -369,7 +350,7 @@ static int sent_info_child(void *arg)
 
 static void test_sent_sigsegv_to_handler(void **state)
 {
-	expect_clean_exit(sent_info_child, NULL);
+	expect_child_ok(sent_info_child, NULL);
 }
 
 static int sent_dfl_child(void *arg)
@@ -382,7 +363,7 @@ static int sent_dfl_child(void *arg)
 
 static void test_sent_sigsegv_default_kills(void **state)
 {
-	expect_death_by_sigsegv(sent_dfl_child, NULL);
+	expect_child_sigsegv(sent_dfl_child, NULL);
 }
 
 /* SIGBUS is chained too: a read past the end of a shared file mapping. */
@@ -420,7 +401,7 @@ static int foreign_sigbus_child(void *arg)
 
 static void test_foreign_sigbus(void **state)
 {
-	expect_clean_exit(foreign_sigbus_child, NULL);
+	expect_child_ok(foreign_sigbus_child, NULL);
 }
 
 /* A page the user made inaccessible again is not a commit matter: after a
@@ -479,12 +460,12 @@ static int errno_report_child(void *arg)
 
 static void test_errno_preserved_when_report_fails(void **state)
 {
-	expect_clean_exit(errno_report_child, NULL);
+	expect_child_ok(errno_report_child, NULL);
 }
 
 static void test_repeated_fault_passed_on(void **state)
 {
-	expect_clean_exit(repeated_child, NULL);
+	expect_child_ok(repeated_child, NULL);
 	if (!contains(child_err, "libdynstack: repeated fault on a committed page (passed on) on "
 				 "stack ") ||
 	    !contains(child_err, "\"reprotected\""))
@@ -528,7 +509,7 @@ static int use_after_destroy_child(void *arg)
 
 static void test_use_after_destroy_is_foreign(void **state)
 {
-	expect_clean_exit(use_after_destroy_child, NULL);
+	expect_child_ok(use_after_destroy_child, NULL);
 	assert_false(contains(child_err, "libdynstack:"));
 }
 

@@ -34,25 +34,6 @@ static char child_err[16384];
 
 /* ---- helpers */
 
-static void expect_clean_exit(child_fn fn, void *arg)
-{
-	int status;
-
-	assert_int_equal(run_in_child(fn, arg, &status, child_err, sizeof(child_err)), 0);
-	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-		fail_msg("child %s; its stderr:\n%s", describe_status(status), child_err);
-}
-
-static void expect_death_by_sigsegv(child_fn fn, void *arg)
-{
-	int status;
-
-	assert_int_equal(run_in_child(fn, arg, &status, child_err, sizeof(child_err)), 0);
-	if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGSEGV)
-		fail_msg("child %s, expected death by SIGSEGV; its stderr:\n%s",
-			 describe_status(status), child_err);
-}
-
 static void expect_in_err(const char *needle)
 {
 	if (!contains(child_err, needle))
@@ -543,7 +524,7 @@ static int set_bad_spec_child(void *arg)
 
 static void test_set_bad_spec_reports(void **state)
 {
-	expect_clean_exit(set_bad_spec_child, NULL);
+	expect_child_ok(set_bad_spec_child, NULL);
 	expect_in_err("libdynstack: policy \"step=0\": step=N needs N pages, 1..4096");
 	expect_in_err("libdynstack: policy \"populate,bogus\": unknown item \"bogus\"");
 	expect_in_err("libdynstack: policy \"(null)\": no spec");
@@ -965,7 +946,7 @@ static int warn_direct_child(void *arg)
 
 static void test_warn_direct(void **state)
 {
-	expect_clean_exit(warn_direct_child, NULL);
+	expect_child_ok(warn_direct_child, NULL);
 	const char *after = strstr(child_err, "--- into the reserve\n");
 	assert_non_null(after);
 	assert_int_equal(occurrences(child_err, "warning"), 2);
@@ -1005,7 +986,7 @@ static int warn_coro_child(void *arg)
 
 static void test_warn_coroutine(void **state)
 {
-	expect_clean_exit(warn_coro_child, NULL);
+	expect_child_ok(warn_coro_child, NULL);
 	assert_int_equal(occurrences(child_err, "warning"), 1);
 	expect_in_err("libdynstack: warning: stack grew past its nominal size into its reserve "
 		      "on stack ");
@@ -1029,7 +1010,7 @@ static void test_warn_past_reserve_dies(void **state)
 {
 	char want[128];
 
-	expect_death_by_sigsegv(warn_past_reserve_child, NULL);
+	expect_child_sigsegv(warn_past_reserve_child, NULL);
 	assert_int_equal(occurrences(child_err, "warning"), 1);
 	snprintf(want, sizeof(want), "libdynstack: stack overflow on stack ");
 	expect_in_err(want);
@@ -1052,7 +1033,7 @@ static int abort_child(void *arg)
 
 static void test_abort_explicit(void **state)
 {
-	expect_death_by_sigsegv(abort_child, NULL);
+	expect_child_sigsegv(abort_child, NULL);
 	expect_in_err("libdynstack: stack overflow on stack ");
 	expect_in_err("\"abort-deep\"");
 	expect_in_err(", policy step=1, ");
@@ -1139,7 +1120,7 @@ static int fail_coro_child(void *arg)
 
 static void test_fail_coroutine(void **state)
 {
-	expect_clean_exit(fail_coro_child, NULL);
+	expect_child_ok(fail_coro_child, NULL);
 	expect_in_err("fail-child-done");
 	expect_in_err("libdynstack: stack overflow (overflow=fail: the coroutine is ended) on "
 		      "stack ");
@@ -1188,7 +1169,7 @@ static int fail_nested_child(void *arg)
 
 static void test_fail_nested(void **state)
 {
-	expect_clean_exit(fail_nested_child, NULL);
+	expect_child_ok(fail_nested_child, NULL);
 	expect_in_err("\"fail-nested\"");
 }
 
@@ -1206,7 +1187,7 @@ static int fail_plain_child(void *arg)
 
 static void test_fail_plain_stack_aborts(void **state)
 {
-	expect_death_by_sigsegv(fail_plain_child, NULL);
+	expect_child_sigsegv(fail_plain_child, NULL);
 	expect_in_err("libdynstack: stack overflow on stack ");
 	expect_in_err("\"fail-plain\"");
 	expect_in_err(", policy step=1,overflow=fail, ");
@@ -1230,7 +1211,7 @@ static int fail_suspended_child(void *arg)
 
 static void test_fail_suspended_touched_aborts(void **state)
 {
-	expect_death_by_sigsegv(fail_suspended_child, NULL);
+	expect_child_sigsegv(fail_suspended_child, NULL);
 	expect_in_err("libdynstack: stack overflow on stack ");
 	expect_in_err("\"fail-suspended\"");
 	assert_false(contains(child_err, "the coroutine is ended"));
@@ -1269,7 +1250,7 @@ static int fail_other_thread_child(void *arg)
 
 static void test_fail_other_thread_aborts(void **state)
 {
-	expect_death_by_sigsegv(fail_other_thread_child, NULL);
+	expect_child_sigsegv(fail_other_thread_child, NULL);
 	expect_in_err("libdynstack: stack overflow on stack ");
 	expect_in_err("\"fail-running\"");
 	assert_false(contains(child_err, "the coroutine is ended"));
@@ -1418,7 +1399,7 @@ static int register_full_child(void *arg)
 
 static void test_register_full(void **state)
 {
-	expect_clean_exit(register_full_child, NULL);
+	expect_child_ok(register_full_child, NULL);
 }
 
 static void test_user_policy_info(void **state)
@@ -1510,7 +1491,7 @@ static int user_reserve_child(void *arg)
 static void test_user_policy_limit_in_reserve(void **state)
 {
 	register_rec();
-	expect_clean_exit(user_reserve_child, NULL);
+	expect_child_ok(user_reserve_child, NULL);
 	assert_int_equal(occurrences(child_err, "warning"), 1);
 	expect_in_err("\"user-reserve\"");
 }
