@@ -140,6 +140,30 @@ DYNSTACK_API uint64_t dynstack_id(const dynstack_t *stack);
 /* All of these return 0 / NULL / "" for a NULL stack. */
 
 /* ---------------------------------------------------------------------- */
+/* Cooperative stacks: remaining, ensure, and calls on a new segment       */
+
+/* Bytes between the caller's stack pointer and the floor of the stack it
+ * runs on: a dynamic stack (coroutine or segment), committed or not; on a
+ * thread's own stack, what pthread_getattr_np reports below the stack
+ * pointer (guard excluded; for the main thread, up to RLIMIT_STACK). */
+DYNSTACK_API size_t dynstack_remaining(void);
+/* Commit now, in one call, so that at least bytes below the caller's stack
+ * pointer are committed: no fault while the caller uses them. A call that
+ * needs no commit costs a thread-local load and a compare. 0, or -ENOSPC
+ * when the stack cannot hold that many bytes (then use dynstack_call), or
+ * -errno from the kernel. On a thread's own stack: 0 if they fit (the
+ * kernel grows it), else -ENOSPC. */
+DYNSTACK_API int dynstack_ensure(size_t bytes);
+/* Run fn(arg) with at least need bytes of stack: directly when that many
+ * remain, else on a segment (a stack from the cache of at least need plus a
+ * margin) that is given back when fn returns or unwinds (C++ exceptions
+ * propagate to the caller; C code compiled with -fexceptions runs its
+ * cleanups). Returns fn's result. Works on any thread, on or off a
+ * coroutine, and nests. If no segment can be had, a report is written to
+ * stderr and the process aborts: running fn anyway would overflow. */
+DYNSTACK_API void *dynstack_call(size_t need, void *(*fn)(void *), void *arg);
+
+/* ---------------------------------------------------------------------- */
 /* Fault policies                                                          */
 /*
  * A policy decides how much a stack commits at creation, how much each fault
@@ -293,7 +317,9 @@ DYNSTACK_API dynstack_coro_t *dynstack_coro_current(void);
 	X(nr_dynamic_stacks_mistrims, event, "faults on pages a trim had given back")              \
 	X(nr_dynamic_stacks_cached, gauge, "destroyed stacks kept warm in caches")                 \
 	X(nr_dynamic_stacks_cached_pages, gauge, "committed pages of cached stacks")               \
-	X(nr_dynamic_stacks_cache_hits, event, "creates served by a cache")
+	X(nr_dynamic_stacks_cache_hits, event, "creates served by a cache")                        \
+	X(nr_dynamic_stacks_ensured, event, "pages committed by dynstack_ensure")                  \
+	X(nr_dynamic_stacks_segments, event, "dynstack_call runs on a new segment")
 
 typedef struct dynstack_stats {
 	size_t struct_size; /* set by the caller to sizeof(dynstack_stats_t) */

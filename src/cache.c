@@ -327,6 +327,7 @@ bool ds_cache_put(struct dynstack *s)
 void ds_tl_fini(void)
 {
 	struct ds_tl *t = tl;
+	ds_segment_thread_fini();
 	if (!t)
 		return;
 	flush_queue(t);

@@ -65,3 +65,36 @@ int ds_ctx_switch_publish(ds_ctx_t *from, ds_ctx_t *to, _Atomic int *publish, in
 	run_pending();
 	return pending_ret;
 }
+
+#if !defined(__x86_64__) && !defined(__aarch64__)
+#include "internal.h"
+
+/* dynstack_call's switch for CPUs without switch.S: through a context of
+ * its own. Unwinders and C++ exceptions do not cross it. */
+struct call_on_stack {
+	ucontext_t caller, seg;
+	void *(*fn)(void *);
+	void *arg, *ret;
+};
+
+static void call_on_stack_entry(int hi, int lo)
+{
+	struct call_on_stack *c = (struct call_on_stack *)JOIN(hi, lo);
+	c->ret = c->fn(c->arg);
+	swapcontext(&c->seg, &c->caller);
+}
+
+void *ds_call_on_stack(void *top, void *(*fn)(void *), void *arg);
+void *ds_call_on_stack(void *top, void *(*fn)(void *), void *arg)
+{
+	struct call_on_stack c = { .fn = fn, .arg = arg };
+	struct dynstack *s = ds_arena_lookup_sigsafe((uintptr_t)top - 1);
+	getcontext(&c.seg);
+	c.seg.uc_stack.ss_sp = (void *)s->lo;
+	c.seg.uc_stack.ss_size = s->top - s->lo;
+	c.seg.uc_link = NULL;
+	makecontext(&c.seg, (void (*)(void))call_on_stack_entry, 2, HI(&c), LO(&c));
+	swapcontext(&c.caller, &c.seg);
+	return c.ret;
+}
+#endif

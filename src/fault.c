@@ -51,6 +51,15 @@ static void describe_stack_sigsafe(struct ds_buf *b, const struct dynstack *s, u
 		ds_buf_str_sigsafe(b, ", reserve ");
 		ds_buf_dec_sigsafe(b, s->reserve);
 	}
+	if (s->flags & DS_SLOT_SEGMENT) {
+		ds_buf_str_sigsafe(b, ", a dynstack_call segment called from ");
+		if (s->caller_id) {
+			ds_buf_str_sigsafe(b, "stack ");
+			ds_buf_dec_sigsafe(b, s->caller_id);
+		} else {
+			ds_buf_str_sigsafe(b, "a thread's own stack");
+		}
+	}
 	ds_buf_str_sigsafe(b, ", policy ");
 	ds_buf_str_sigsafe(b, s->policy->spec);
 	ds_buf_str_sigsafe(b, ", range ");

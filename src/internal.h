@@ -71,6 +71,8 @@ DS_HIDDEN int ds_buf_write_sigsafe(const struct ds_buf *b, int fd);
 
 /* ---- os-linux.c: the only syscalls */
 DS_HIDDEN size_t ds_os_page_size(void);
+/* The page size, for hot paths; set by the first ds_os_page_size() (init). */
+DS_HIDDEN extern size_t ds_page_size;
 /* Reserve size bytes aligned to align, PROT_NONE, MAP_NORESERVE. */
 DS_HIDDEN int ds_os_reserve(size_t size, size_t align, void **out);
 DS_HIDDEN int ds_os_map_rw(size_t size, void **out);
@@ -131,6 +133,10 @@ enum ds_fault_kind {
 	DS_FAULT_COMMIT_FAILED /* the kernel refused the commit: report and die */
 };
 DS_HIDDEN enum ds_fault_kind ds_stack_fault_sigsafe(struct dynstack *s, uintptr_t addr, int *err);
+/* Commit [target, *edgep) and lower the edge to target (CAS, with peak and
+ * page counters). 1: lowered (*edgep is the old edge); 0: another thread got
+ * there first (*edgep is the current edge); -errno: the kernel refused. */
+DS_HIDDEN int ds_stack_grow_sigsafe(struct dynstack *s, uintptr_t target, uintptr_t *edgep);
 DS_HIDDEN int ds_stack_create(struct dynstack **out, const dynstack_attr_t *attr, uint32_t flags);
 DS_HIDDEN void ds_stack_release(struct dynstack *s);
 DS_HIDDEN void ds_stack_discard(struct dynstack *s, uintptr_t edge);
@@ -139,6 +145,8 @@ DS_HIDDEN void ds_stack_discard(struct dynstack *s, uintptr_t edge);
 /* Per-thread state (trim queue, cache), made by ds_thread_init_slow. */
 DS_HIDDEN int ds_tl_init(void);
 DS_HIDDEN void ds_tl_fini(void);
+/* segment.c: release the segment this thread keeps for its next crossing. */
+DS_HIDDEN void ds_segment_thread_fini(void);
 /* A trim point on the thread running s, at stack pointer sp, before it
  * switches away: may queue a decommit (and flush the queue first). */
 DS_HIDDEN void ds_trim_point(struct dynstack *s, uintptr_t sp);

@@ -24,12 +24,13 @@
 #define MADV_GUARD_REMOVE 103
 #endif
 
+size_t ds_page_size;
+
 size_t ds_os_page_size(void)
 {
-	static size_t page;
-	if (!page)
-		page = (size_t)sysconf(_SC_PAGESIZE);
-	return page;
+	if (!ds_page_size)
+		ds_page_size = (size_t)sysconf(_SC_PAGESIZE);
+	return ds_page_size;
 }
 
 int ds_os_reserve(size_t size, size_t align, void **out)

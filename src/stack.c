@@ -228,6 +228,7 @@ int ds_stack_create(struct dynstack **out, const dynstack_attr_t *attr, uint32_t
 	s->flags = flags;
 	s->policy = pol;
 	s->coro = NULL;
+	s->caller_id = 0;
 	s->id = atomic_fetch_add_explicit(&next_id, 1, memory_order_relaxed) + 1;
 	memset(s->name, 0, sizeof(s->name));
 	if (a.name)
@@ -323,7 +324,7 @@ DYNSTACK_API int dynstack_destroy(dynstack_t *s)
 		return 0;
 	if (atomic_load_explicit(&s->state, memory_order_acquire) != DS_SLOT_LIVE)
 		return -EINVAL;
-	if (s->flags & DS_SLOT_CORO)
+	if (s->flags & (DS_SLOT_CORO | DS_SLOT_SEGMENT))
 		return -EBUSY;
 	ds_stack_release(s);
 	return 0;
@@ -357,6 +358,33 @@ DYNSTACK_API const char *dynstack_name(const dynstack_t *s)
 DYNSTACK_API uint64_t dynstack_id(const dynstack_t *s)
 {
 	return s ? s->id : 0;
+}
+
+int ds_stack_grow_sigsafe(struct dynstack *s, uintptr_t target, uintptr_t *edgep)
+{
+	size_t ps = ds_os_page_size();
+	uintptr_t edge = *edgep;
+	/* One call from the target up to the edge; then, for populate, one
+	 * more so that the access being retried does not fault again. */
+	int rc = ds_os_commit_sigsafe(ds_opt.backend, target, edge);
+	if (rc)
+		return rc;
+	if (s->policy->populate && ds_os_populate_sigsafe(target, edge) == 0)
+		DS_STAT_ADD(nr_dynamic_stacks_populated, (edge - target) / ps);
+	bool lowered = false;
+	while (edge > target && !lowered)
+		lowered = atomic_compare_exchange_weak_explicit(
+			&s->edge, &edge, target, memory_order_acq_rel, memory_order_acquire);
+	*edgep = edge;
+	if (!lowered)
+		return 0;
+	DS_STAT_ADD(nr_dynamic_stacks_pages, (edge - target) / ps);
+	uintptr_t peak = atomic_load_explicit(&s->peak_edge, memory_order_relaxed);
+	while (peak > target &&
+	       !atomic_compare_exchange_weak_explicit(&s->peak_edge, &peak, target,
+						      memory_order_relaxed, memory_order_relaxed))
+		;
+	return 1;
 }
 
 static void trace_fault_sigsafe(int type, const struct dynstack *s, size_t depth, size_t committed,
@@ -415,21 +443,13 @@ enum ds_fault_kind ds_stack_fault_sigsafe(struct dynstack *s, uintptr_t addr, in
 	};
 	uintptr_t target = s->top - ds_policy_decide_sigsafe(s->policy, &info);
 
-	/* One call from the target up to the edge; then, for populate, one
-	 * more so that the access being retried does not fault again. */
-	int rc = ds_os_commit_sigsafe(ds_opt.backend, target, edge);
-	if (rc) {
+	int rc = ds_stack_grow_sigsafe(s, target, &edge);
+	if (rc < 0) {
 		*err = rc;
 		DS_STAT_ADD(nr_dynamic_stacks_commit_failed, 1);
 		return DS_FAULT_COMMIT_FAILED;
 	}
-	if (s->policy->populate && ds_os_populate_sigsafe(target, edge) == 0)
-		DS_STAT_ADD(nr_dynamic_stacks_populated, (edge - target) / ps);
-	bool lowered = false;
-	while (edge > target && !lowered)
-		lowered = atomic_compare_exchange_weak_explicit(
-			&s->edge, &edge, target, memory_order_acq_rel, memory_order_acquire);
-	if (!lowered) {
+	if (rc == 0) {
 		/* Another thread committed at least as far first: its fault counts. */
 		DS_STAT_ADD(nr_dynamic_stacks_spurious, 1);
 		if (tracing)
@@ -437,15 +457,9 @@ enum ds_fault_kind ds_stack_fault_sigsafe(struct dynstack *s, uintptr_t addr, in
 		return DS_FAULT_SPURIOUS;
 	}
 	uintptr_t new_edge = target;
-	DS_STAT_ADD(nr_dynamic_stacks_pages, (edge - new_edge) / ps);
 	DS_STAT_ADD(nr_dynamic_stacks_faults, 1);
 	atomic_fetch_add_explicit(&s->faults, 1, memory_order_relaxed);
 	ds_trim_note_fault_sigsafe(s, page);
-	uintptr_t peak = atomic_load_explicit(&s->peak_edge, memory_order_relaxed);
-	while (peak > new_edge &&
-	       !atomic_compare_exchange_weak_explicit(&s->peak_edge, &peak, new_edge,
-						      memory_order_relaxed, memory_order_relaxed))
-		;
 	if (tracing)
 		trace_fault_sigsafe(in_reserve ? DS_EV_WARN : DS_EV_FAULT, s, s->top - page,
 				    s->top - new_edge, t0);

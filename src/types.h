@@ -47,7 +47,8 @@ enum ds_trim_state {
 #define DS_TRIM_TAG(tag, st) (((uint64_t)(tag) << 2) | (st))
 
 enum ds_slot_flags {
-	DS_SLOT_CORO = 1u << 0, /* owned by a coroutine; dynstack_destroy refuses */
+	DS_SLOT_CORO = 1u << 0,	   /* owned by a coroutine; dynstack_destroy refuses */
+	DS_SLOT_SEGMENT = 1u << 1, /* a dynstack_call segment; dynstack_destroy refuses */
 };
 
 /* One stack. The public dynstack_t is this struct; it lives in its arena's
@@ -69,6 +70,7 @@ struct dynstack {
 	_Atomic uint64_t faults;	/* commit faults taken by this stack */
 	_Atomic int warned;		/* overflow=warn: the one warning was printed */
 	struct dynstack_coro *coro;	/* owning coroutine, or NULL */
+	uint64_t caller_id; /* segment: the stack dynstack_call ran from (0: a thread's own) */
 	/* trim (cache.c). faulted/trim_lo/trim_hi/idle_limit are also touched
 	 * by the handler of the thread running the stack: relaxed atomics. */
 	_Atomic uint64_t trim_state;	    /* DS_TRIM_TAG(tag, enum ds_trim_state) */

@@ -25,6 +25,7 @@
 #define RESUME br x30
 #endif
 
+#ifndef DS_SWITCH_UCONTEXT
 	.text
 
 	.globl	ds_ctx_switch_publish
@@ -139,6 +140,39 @@ ds_ctx_trampoline:
 	brk	#0x3e8
 	.cfi_endproc
 	.size	ds_ctx_trampoline, .-ds_ctx_trampoline
+
+#endif /* DS_SWITCH_UCONTEXT */
+
+	.text
+	.globl	ds_call_on_stack
+	.hidden	ds_call_on_stack
+	.type	ds_call_on_stack, %function
+	.p2align 4
+/* void *ds_call_on_stack(void *top, void *(*fn)(void *), void *arg): run
+ * fn(arg) with sp at top (16-byte aligned) and come back. The caller's sp
+ * lives in x29 and the CFA is described from x29, so unwinders walk from the
+ * segment straight back into the caller's frames on the old stack. */
+ds_call_on_stack:
+	.cfi_startproc
+	hint	#34			/* bti c */
+	stp	x29, x30, [sp, #-16]!
+	.cfi_def_cfa_offset 16
+	.cfi_offset x29, -16
+	.cfi_offset x30, -8
+	mov	x29, sp
+	.cfi_def_cfa_register x29
+	mov	sp, x0
+	mov	x0, x2
+	blr	x1
+	mov	sp, x29
+	.cfi_def_cfa_register sp
+	ldp	x29, x30, [sp], #16
+	.cfi_def_cfa_offset 0
+	.cfi_restore x29
+	.cfi_restore x30
+	ret
+	.cfi_endproc
+	.size	ds_call_on_stack, .-ds_call_on_stack
 
 	.section .note.GNU-stack, "", %progbits
 

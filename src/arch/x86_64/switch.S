@@ -16,6 +16,7 @@
  * entry points ready for IBT.
  */
 
+#ifndef DS_SWITCH_UCONTEXT
 	.text
 
 	.globl	ds_ctx_switch_publish
@@ -148,4 +149,37 @@ ds_ctx_trampoline:
 	.cfi_endproc
 	.size	ds_ctx_trampoline, .-ds_ctx_trampoline
 
+#endif /* DS_SWITCH_UCONTEXT */
+
+	.text
+	.globl	ds_call_on_stack
+	.hidden	ds_call_on_stack
+	.type	ds_call_on_stack, @function
+	.p2align 4
+/* void *ds_call_on_stack(void *top, void *(*fn)(void *), void *arg): run
+ * fn(arg) with the stack pointer at top (16-byte aligned) and come back.
+ * The caller's stack pointer lives in rbp, and the CFA is described from
+ * rbp: debuggers, backtrace() and C++ exceptions unwind from the segment
+ * straight back into the caller's frames on the old stack. */
+ds_call_on_stack:
+	.cfi_startproc
+	endbr64
+	pushq	%rbp
+	.cfi_adjust_cfa_offset 8
+	.cfi_rel_offset rbp, 0
+	movq	%rsp, %rbp
+	.cfi_def_cfa_register rbp
+	movq	%rdi, %rsp
+	movq	%rdx, %rdi
+	callq	*%rsi
+	movq	%rbp, %rsp
+	.cfi_def_cfa_register rsp
+	popq	%rbp
+	.cfi_adjust_cfa_offset -8
+	.cfi_restore rbp
+	ret
+	.cfi_endproc
+	.size	ds_call_on_stack, .-ds_call_on_stack
+
 	.section .note.GNU-stack, "", @progbits
+
