@@ -39,6 +39,7 @@ struct ds_tl {
 	size_t q_pages;
 	size_t ncache;
 	struct dynstack **cache; /* ds_opt.cache_stacks entries, newest last */
+	size_t credit;		 /* budget pages this thread may fill without asking */
 };
 
 static DS_TLS struct ds_tl *tl;
@@ -51,8 +52,13 @@ struct depot_class {
 };
 static struct depot_class depot[DS_ARENA_MAX_SHIFT + 1];
 static pthread_once_t depot_once = PTHREAD_ONCE_INIT;
-/* Committed pages held by every cache and the depot together. */
-static _Atomic size_t cached_pages;
+/* The page budget (cache_pages) is exact but rarely touched: a thread takes
+ * it in chunks into its own credit and gives surplus back, so that a warm
+ * create/destroy pair does not bounce a shared line between CPUs (~37 ns
+ * per locked add with two threads here). budget_used = pages in all caches
+ * and the depot + every thread's unspent credit <= cache_pages. */
+#define DS_CREDIT_CHUNK 64
+static _Atomic size_t budget_used;
 
 static void depot_init(void)
 {
@@ -102,9 +108,9 @@ static int decommit_below(struct dynstack *s, uintptr_t hi)
 	atomic_store_explicit(&s->edge, hi, memory_order_release);
 	atomic_store_explicit(&s->trim_lo, lo, memory_order_relaxed);
 	atomic_store_explicit(&s->trim_hi, hi, memory_order_relaxed);
-	DS_STAT_SUB(nr_dynamic_stacks_pages, (hi - lo) / ps);
-	DS_STAT_ADD(nr_dynamic_stacks_trimmed, (hi - lo) / ps);
-	DS_STAT_ADD(nr_dynamic_stacks_trim_calls, 1);
+	DS_TSTAT_SUB(nr_dynamic_stacks_pages, (hi - lo) / ps);
+	DS_TSTAT_ADD(nr_dynamic_stacks_trimmed, (hi - lo) / ps);
+	DS_TSTAT_ADD(nr_dynamic_stacks_trim_calls, 1);
 	if (atomic_load_explicit(&ds_trace_on, memory_order_relaxed)) {
 		struct ds_ev_fault r;
 		memset(&r, 0, sizeof(r));
@@ -148,8 +154,12 @@ void ds_trim_claim(struct dynstack *s)
 		if ((st & 3) == DS_TRIM_PENDING) {
 			if (atomic_compare_exchange_weak_explicit(&s->trim_state, &st, DS_TRIM_NONE,
 								  memory_order_acq_rel,
-								  memory_order_acquire))
-				return; /* cancelled: its pages stay committed */
+								  memory_order_acquire)) {
+				/* Cancelled: its pages stay committed, and its next
+				 * trim is done at once (see ds_trim_point). */
+				s->trim_cancelled = true;
+				return;
+			}
 			continue;
 		}
 		/* Another thread is decommitting below the saved stack pointer:
@@ -200,6 +210,18 @@ void ds_trim_point(struct dynstack *s, uintptr_t sp)
 	uintptr_t keep = trim_target(s, sp);
 	if (!keep || !t)
 		return;
+	if (s->trim_cancelled) {
+		/* The last queued trim of s was cancelled because s ran again
+		 * before any flush: a lone coroutine would never be trimmed.
+		 * Decommit now, in one call, two pages further down so that this
+		 * call's own frames stay clear of the range. This happens at most
+		 * once per IDLE quiet trim points. */
+		s->trim_cancelled = false;
+		uintptr_t below = keep - 2 * page_size();
+		if (below > atomic_load_explicit(&s->edge, memory_order_relaxed))
+			decommit_below(s, below);
+		return;
+	}
 	/* Flush before queueing s: the flush runs on s's own stack, below sp,
 	 * and must not decommit pages it is using. */
 	if (t->nq == DS_TRIMQ_MAX || t->q_pages >= ds_opt.trim_batch)
@@ -235,14 +257,22 @@ DYNSTACK_API int dynstack_trim(dynstack_t *s, const void *sp)
 
 static void move_to_depot(struct dynstack **v, size_t n)
 {
+	/* One lock trip per run of stacks of the same class. */
+	struct depot_class *held = NULL;
 	for (size_t i = 0; i < n; i++) {
 		struct depot_class *d = &depot[v[i]->arena->shift];
-		pthread_mutex_lock(&d->lock);
+		if (d != held) {
+			if (held)
+				pthread_mutex_unlock(&held->lock);
+			pthread_mutex_lock(&d->lock);
+			held = d;
+		}
 		v[i]->next_free = d->head;
 		d->head = v[i];
 		d->n++;
-		pthread_mutex_unlock(&d->lock);
 	}
+	if (held)
+		pthread_mutex_unlock(&held->lock);
 }
 
 struct dynstack *ds_cache_get(unsigned shift)
@@ -278,11 +308,42 @@ struct dynstack *ds_cache_get(unsigned shift)
 hit:
 	s->next_free = NULL;
 	size_t pages = committed_pages(s);
-	atomic_fetch_sub_explicit(&cached_pages, pages, memory_order_relaxed);
-	DS_STAT_SUB(nr_dynamic_stacks_cached, 1);
-	DS_STAT_SUB(nr_dynamic_stacks_cached_pages, pages);
-	DS_STAT_ADD(nr_dynamic_stacks_cache_hits, 1);
+	/* Its pages leave the cache: their budget becomes this thread's credit,
+	 * and what is over two chunks goes back. */
+	t->credit += pages;
+	if (t->credit > 2 * DS_CREDIT_CHUNK) {
+		atomic_fetch_sub_explicit(&budget_used, t->credit - DS_CREDIT_CHUNK,
+					  memory_order_relaxed);
+		t->credit = DS_CREDIT_CHUNK;
+	}
+	DS_TSTAT_SUB(nr_dynamic_stacks_cached, 1);
+	DS_TSTAT_SUB(nr_dynamic_stacks_cached_pages, pages);
+	DS_TSTAT_ADD(nr_dynamic_stacks_cache_hits, 1);
 	return s;
+}
+
+/* Spend pages of t's credit, topping it up from the budget when short. */
+static bool take_credit(struct ds_tl *t, size_t pages)
+{
+	if (t->credit < pages) {
+		size_t want = pages - t->credit;
+		if (want < DS_CREDIT_CHUNK)
+			want = DS_CREDIT_CHUNK;
+		size_t used = atomic_load_explicit(&budget_used, memory_order_relaxed);
+		do {
+			if (used + want > ds_opt.cache_pages) {
+				/* A whole chunk does not fit: ask for just enough. */
+				want = pages - t->credit;
+				if (used + want > ds_opt.cache_pages)
+					return false;
+			}
+		} while (!atomic_compare_exchange_weak_explicit(&budget_used, &used, used + want,
+								memory_order_relaxed,
+								memory_order_relaxed));
+		t->credit += want;
+	}
+	t->credit -= pages;
+	return true;
 }
 
 bool ds_cache_put(struct dynstack *s)
@@ -292,12 +353,13 @@ bool ds_cache_put(struct dynstack *s)
 	if (!t || !ds_opt.cache_stacks)
 		return false;
 	size_t pages = committed_pages(s);
-	if (atomic_load_explicit(&cached_pages, memory_order_relaxed) + 1 > ds_opt.cache_pages)
-		return false; /* not even one page fits: no decommit that is thrown away */
-	if (atomic_load_explicit(&cached_pages, memory_order_relaxed) + pages >
-	    ds_opt.cache_pages) {
+	if (!take_credit(t, pages)) {
 		/* Over the page budget: keep the slot, give back all but the top
-		 * page (its initial size under the default policy). */
+		 * page (its initial size under the default policy), if even
+		 * that one page fits. */
+		if (!take_credit(t, 1))
+			return false;
+		t->credit += 1;
 		uintptr_t edge = atomic_load_explicit(&s->edge, memory_order_relaxed);
 		if (pages > 1) {
 			if (ds_os_decommit(ds_opt.backend, edge, s->top - ps))
@@ -305,8 +367,7 @@ bool ds_cache_put(struct dynstack *s)
 			atomic_store_explicit(&s->edge, s->top - ps, memory_order_relaxed);
 		}
 		pages = committed_pages(s);
-		if (atomic_load_explicit(&cached_pages, memory_order_relaxed) + pages >
-		    ds_opt.cache_pages)
+		if (!take_credit(t, pages))
 			return false;
 	}
 	if (t->ncache == ds_opt.cache_stacks) {
@@ -318,9 +379,8 @@ bool ds_cache_put(struct dynstack *s)
 	}
 	atomic_store_explicit(&s->state, DS_SLOT_CACHED, memory_order_release);
 	t->cache[t->ncache++] = s;
-	atomic_fetch_add_explicit(&cached_pages, pages, memory_order_relaxed);
-	DS_STAT_ADD(nr_dynamic_stacks_cached, 1);
-	DS_STAT_ADD(nr_dynamic_stacks_cached_pages, pages);
+	DS_TSTAT_ADD(nr_dynamic_stacks_cached, 1);
+	DS_TSTAT_ADD(nr_dynamic_stacks_cached_pages, pages);
 	return true;
 }
 
@@ -332,6 +392,7 @@ void ds_tl_fini(void)
 		return;
 	flush_queue(t);
 	move_to_depot(t->cache, t->ncache);
+	atomic_fetch_sub_explicit(&budget_used, t->credit, memory_order_relaxed);
 	tl = NULL;
 	free(t->cache);
 	free(t);

@@ -130,7 +130,7 @@ DYNSTACK_API int dynstack_coro_create(dynstack_coro_t **out, dynstack_coro_fn fn
 	c->stack->coro = c;
 	ds_ctx_make(&c->ctx, (void *)c->stack->lo, c->stack->top - c->stack->lo, coro_main, c);
 	atomic_store_explicit(&c->status, DYNSTACK_CORO_SUSPENDED, memory_order_release);
-	DS_STAT_ADD(nr_dynamic_stacks_coros, 1);
+	DS_TSTAT_ADD(nr_dynamic_stacks_coros, 1);
 	*out = c;
 	return 0;
 }
@@ -190,7 +190,7 @@ DYNSTACK_API int dynstack_coro_destroy(dynstack_coro_t *c)
 	ds_stack_release(c->stack);
 	atomic_store_explicit(&c->status, 0, memory_order_relaxed);
 	free(c);
-	DS_STAT_SUB(nr_dynamic_stacks_coros, 1);
+	DS_TSTAT_SUB(nr_dynamic_stacks_coros, 1);
 	return 0;
 }
 

@@ -46,17 +46,48 @@ DS_HIDDEN extern struct ds_options ds_opt;
 DS_HIDDEN int ds_options_from_env(dynstack_config_t *cfg);
 DS_HIDDEN int ds_options_validate(const dynstack_config_t *cfg);
 
-/* ---- stats.c: counters, one relaxed atomic each */
-struct ds_counters {
-#define DS_COUNTER_FIELD_(name, kind, desc) _Atomic uint64_t name;
-	DYNSTACK_STATS_COUNTERS(DS_COUNTER_FIELD_)
-#undef DS_COUNTER_FIELD_
+/* ---- stats.c: counters.
+ * Two kinds of storage, summed on read: one process-wide array of relaxed
+ * atomics, which the signal handler (and any code that may run in it) uses;
+ * and a block per thread for the create/destroy/cache paths, written only by
+ * its thread with plain load+store (no locked instruction: a shared counter
+ * line bouncing between CPUs cost ~37 ns per add with two threads). A
+ * handler never writes a thread block, so it cannot interrupt an update. */
+enum ds_counter_index {
+#define DS_COUNTER_INDEX_(name, kind, desc) DS_C_##name,
+	DYNSTACK_STATS_COUNTERS(DS_COUNTER_INDEX_)
+#undef DS_COUNTER_INDEX_
+	DS_NCOUNTERS
 };
-DS_HIDDEN extern struct ds_counters ds_counters;
+DS_HIDDEN extern _Atomic uint64_t ds_counters[DS_NCOUNTERS];
 #define DS_STAT_ADD(name, n)                                                                       \
-	atomic_fetch_add_explicit(&ds_counters.name, (uint64_t)(n), memory_order_relaxed)
+	atomic_fetch_add_explicit(&ds_counters[DS_C_##name], (uint64_t)(n), memory_order_relaxed)
 #define DS_STAT_SUB(name, n)                                                                       \
-	atomic_fetch_sub_explicit(&ds_counters.name, (uint64_t)(n), memory_order_relaxed)
+	atomic_fetch_sub_explicit(&ds_counters[DS_C_##name], (uint64_t)(n), memory_order_relaxed)
+
+struct ds_tstats {
+	_Atomic uint64_t v[DS_NCOUNTERS];
+	struct ds_tstats *next;
+};
+DS_HIDDEN extern DS_TLS struct ds_tstats *ds_tstats;
+/* Not from a signal handler. Falls back to the shared array on a thread
+ * without a block. */
+static inline void ds_tstat_add(unsigned i, uint64_t n)
+{
+	struct ds_tstats *t = ds_tstats;
+	if (t)
+		atomic_store_explicit(&t->v[i],
+				      atomic_load_explicit(&t->v[i], memory_order_relaxed) + n,
+				      memory_order_relaxed);
+	else
+		atomic_fetch_add_explicit(&ds_counters[i], n, memory_order_relaxed);
+}
+#define DS_TSTAT_ADD(name, n) ds_tstat_add(DS_C_##name, (uint64_t)(n))
+#define DS_TSTAT_SUB(name, n) ds_tstat_add(DS_C_##name, -(uint64_t)(n))
+/* The calling thread's block: made at thread set-up, folded into the shared
+ * array at thread exit. */
+DS_HIDDEN int ds_tstats_init(void);
+DS_HIDDEN void ds_tstats_fini(void);
 
 /* ---- error.c / fmt: async-signal-safe text output */
 struct ds_buf {

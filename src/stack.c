@@ -16,6 +16,20 @@
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic int initialized;
 static _Atomic uint64_t next_id;
+/* Ids come to each thread in blocks, so that a create touches no shared
+ * line: unique in the process, increasing within a thread. */
+#define DS_ID_BLOCK 1024
+static DS_TLS uint64_t id_next, id_end;
+
+static uint64_t new_id(void)
+{
+	if (id_next == id_end) {
+		id_next =
+			atomic_fetch_add_explicit(&next_id, DS_ID_BLOCK, memory_order_relaxed) + 1;
+		id_end = id_next + DS_ID_BLOCK;
+	}
+	return id_next++;
+}
 
 static void print_stats_at_exit(void)
 {
@@ -229,7 +243,7 @@ int ds_stack_create(struct dynstack **out, const dynstack_attr_t *attr, uint32_t
 	s->policy = pol;
 	s->coro = NULL;
 	s->caller_id = 0;
-	s->id = atomic_fetch_add_explicit(&next_id, 1, memory_order_relaxed) + 1;
+	s->id = new_id();
 	memset(s->name, 0, sizeof(s->name));
 	if (a.name)
 		strncpy(s->name, a.name, DYNSTACK_NAME_MAX);
@@ -245,6 +259,7 @@ int ds_stack_create(struct dynstack **out, const dynstack_attr_t *attr, uint32_t
 	atomic_store_explicit(&s->peak_edge, edge, memory_order_relaxed);
 	atomic_store_explicit(&s->trim_state, DS_TRIM_NONE, memory_order_relaxed);
 	atomic_store_explicit(&s->faulted, 0, memory_order_relaxed);
+	s->trim_cancelled = false;
 	atomic_store_explicit(&s->idle_limit, pol->trim_idle ? pol->trim_idle : 1,
 			      memory_order_relaxed);
 	atomic_store_explicit(&s->trim_lo, 0, memory_order_relaxed);
@@ -252,9 +267,9 @@ int ds_stack_create(struct dynstack **out, const dynstack_attr_t *attr, uint32_t
 	s->idle = 0;
 	/* Publish: from here the handler treats faults in the slot as ours. */
 	atomic_store_explicit(&s->state, DS_SLOT_LIVE, memory_order_release);
-	DS_STAT_ADD(nr_dynamic_stacks, 1);
-	DS_STAT_ADD(nr_dynamic_stacks_pages, (top - edge) / ps);
-	DS_STAT_ADD(nr_dynamic_stacks_created, 1);
+	DS_TSTAT_ADD(nr_dynamic_stacks, 1);
+	DS_TSTAT_ADD(nr_dynamic_stacks_pages, (top - edge) / ps);
+	DS_TSTAT_ADD(nr_dynamic_stacks_created, 1);
 	if (atomic_load_explicit(&ds_trace_on, memory_order_relaxed))
 		trace_create(s, top - edge);
 	*out = s;
@@ -284,9 +299,9 @@ void ds_stack_release(struct dynstack *s)
 	ds_trim_claim(s);
 	uintptr_t edge = atomic_load_explicit(&s->edge, memory_order_acquire);
 	size_t peak = s->top - atomic_load_explicit(&s->peak_edge, memory_order_relaxed);
-	DS_STAT_SUB(nr_dynamic_stacks, 1);
-	DS_STAT_SUB(nr_dynamic_stacks_pages, (s->top - edge) / ps);
-	DS_STAT_ADD(nr_dynamic_stacks_destroyed, 1);
+	DS_TSTAT_SUB(nr_dynamic_stacks, 1);
+	DS_TSTAT_SUB(nr_dynamic_stacks_pages, (s->top - edge) / ps);
+	DS_TSTAT_ADD(nr_dynamic_stacks_destroyed, 1);
 	/* learn: the next stack of this slot or name starts from this peak. */
 	s->slot_hist = peak;
 	unsigned site = ds_policy_site(s->name);

@@ -23,6 +23,7 @@ static void on_thread_exit(void *unused)
 {
 	ds_tl_fini();
 	dynstack_thread_fini();
+	ds_tstats_fini(); /* last: the two above still count */
 }
 
 static void key_init(void)
@@ -49,7 +50,7 @@ int ds_thread_init_slow(void)
 	ds_trace_thread_init();
 	/* Its trim queue and stack cache; and, whatever the alternate stack,
 	 * an exit hook that flushes the one and hands the other to the depot. */
-	if ((rc = ds_tl_init()))
+	if ((rc = ds_tstats_init()) || (rc = ds_tl_init()))
 		return rc;
 	pthread_once(&key_once, key_init);
 	pthread_setspecific(exit_key, &sync_base);

@@ -21,6 +21,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -77,6 +78,7 @@ struct dynstack {
 	_Atomic int faulted;		    /* grew since the last trim point */
 	_Atomic uint32_t idle_limit;	    /* idle trim points before a trim */
 	uint32_t idle;			    /* idle trim points so far */
+	bool trim_cancelled;		    /* its last queued trim was cancelled by a resume */
 	_Atomic uintptr_t trim_lo, trim_hi; /* last trimmed range: a fault in it is a mis-trim */
 	struct ds_arena *arena;
 	struct dynstack *next_free; /* free list link (class lock) */

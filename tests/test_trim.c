@@ -462,6 +462,44 @@ static void test_resume_cancels(void **state)
 	finish(c, &j);
 }
 
+/* A coroutine alone on its thread is resumed before any flush, so each queued trim of it is
+ * cancelled; the trim after a cancelled one is done at once, with no flush. */
+static void lone_fn(void *arg)
+{
+	volatile int *deep = arg;
+	for (;;) {
+		if (*deep)
+			touch_down(dynstack_top(dynstack_coro_stack(dynstack_coro_current())),
+				   64 * KIB);
+		dynstack_coro_yield();
+	}
+}
+
+static void test_lone_coroutine_trimmed_without_flush(void **state)
+{
+	TAKE_SIGSEGV();
+	volatile int deep = 1;
+	dynstack_attr_t attr;
+	dynstack_coro_t *c;
+
+	dynstack_attr_init(&attr);
+	attr.size = 256 * KIB;
+	attr.policy = "trim=yield:1";
+	assert_int_equal(dynstack_coro_create(&c, lone_fn, (void *)&deep, &attr), 0);
+	dynstack_t *s = dynstack_coro_stack(c);
+	assert_int_equal(dynstack_coro_resume(c), 0); /* deep: hot, kept */
+	assert_true(dynstack_committed(s) >= 64 * KIB);
+	dynstack_stats_t st = stats_now();
+	deep = 0;
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(dynstack_coro_resume(c), 0);
+	struct delta d = since(&st);
+	assert_int_equal(d.calls, 1);
+	assert_true(dynstack_committed(s) <= 16 * KIB);
+	assert_int_equal(count_accessible((const char *)lo_of(s), (const char *)edge_of(s)), 0);
+	assert_int_equal(dynstack_coro_destroy(c), 0);
+}
+
 /* The trim queued at the first idle yield must not act once the coroutine has run again and
  * queued a second one from a deeper stack pointer: the flush may only decommit below where
  * the stack now stands. The child dies if held frames are decommitted. */
@@ -483,14 +521,19 @@ static int stale_entry_child(void *arg)
 	CHECK(dynstack_coro_resume(c) == 0); /* queues a trim below ~8 KiB */
 	CHECK(pending(s));
 	/* Runs again (the first entry is cancelled), and stops 32 KiB down, above pages that
-	 * are still committed: a second trim is queued below ~36 KiB. */
+	 * are still committed: because its last queued trim was cancelled, this trim is done
+	 * at once, below ~44 KiB (two pages under the margin), and nothing is queued. The
+	 * stale first entry is still in the queue: the flush must leave the stack alone. */
 	j.hold = 32 * KIB;
 	j.cmd = CMD_HOLD;
 	uint64_t faults = atomic_load(&s->faults);
 	CHECK(dynstack_coro_resume(c) == 0);
 	CHECK(atomic_load(&s->faults) == faults);
-	CHECK(pending(s));
+	CHECK(!pending(s));
+	uintptr_t edge = edge_of(s);
+	CHECK(edge <= j.sp - 4 * KIB);
 	CHECK(dynstack_flush() == 0);
+	CHECK(edge_of(s) == edge);
 	CHECK(edge_of(s) <= j.sp - 4 * KIB);
 	j.cmd = CMD_RUN;
 	CHECK(dynstack_coro_resume(c) == 0); /* unwinds through the held frames */
@@ -977,6 +1020,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_margin),
 		cmocka_unit_test(test_exit_is_trim_point),
 		cmocka_unit_test(test_resume_cancels),
+		cmocka_unit_test(test_lone_coroutine_trimmed_without_flush),
 		cmocka_unit_test(test_stale_entry_after_requeue),
 		cmocka_unit_test(test_cancel_across_threads),
 		cmocka_unit_test(test_destroy_with_queued_trim),
