@@ -189,8 +189,9 @@ void ds_trim_note_fault_sigsafe(struct dynstack *s, uintptr_t page)
 static uintptr_t trim_target(struct dynstack *s, uintptr_t sp)
 {
 	const struct ds_policy *p = s->policy;
-	if (!p->trim_idle || sp < s->lo - s->reserve + p->margin)
-		return 0; /* trim off, or so deep that nothing lies below the margin */
+	if (!p->trim_idle || sp > s->top || sp < s->lo - s->reserve + p->margin)
+		return 0; /* trim off; running elsewhere (a dynstack_call segment); or so
+			   * deep that nothing lies below the margin */
 	uintptr_t keep = (sp - p->margin) & ~(uintptr_t)(page_size() - 1);
 	if (atomic_load_explicit(&s->edge, memory_order_relaxed) >= keep)
 		return 0; /* nothing committed below the margin: the common case */

@@ -16,6 +16,7 @@ struct dynstack_coro {
 	_Atomic int status;	      /* dynstack_coro_status_t */
 	struct dynstack_coro *parent; /* coroutine that resumed it, or NULL */
 	struct dynstack *stack;
+	struct dynstack *segments; /* dynstack_call segments it runs on, innermost first */
 	dynstack_coro_fn fn;
 	void *arg;
 };
@@ -187,6 +188,14 @@ DYNSTACK_API int dynstack_coro_destroy(dynstack_coro_t *c)
 		return -EBUSY;
 	if (st != DYNSTACK_CORO_SUSPENDED && st != DYNSTACK_CORO_DEAD)
 		return -EINVAL;
+	/* Suspended inside dynstack_call: its segments are abandoned with it. */
+	while (c->segments) {
+		struct dynstack *seg = c->segments;
+		c->segments = seg->next_free;
+		seg->next_free = NULL;
+		seg->coro = NULL;
+		ds_stack_release(seg);
+	}
 	ds_stack_release(c->stack);
 	atomic_store_explicit(&c->status, 0, memory_order_relaxed);
 	free(c);
@@ -202,4 +211,30 @@ DYNSTACK_API dynstack_t *dynstack_coro_stack(const dynstack_coro_t *c)
 DYNSTACK_API dynstack_coro_t *dynstack_coro_current(void)
 {
 	return current;
+}
+
+void ds_coro_segment_push(struct dynstack *seg)
+{
+	struct dynstack_coro *c = current;
+	seg->coro = c;
+	if (c) {
+		seg->next_free = c->segments;
+		c->segments = seg;
+	}
+}
+
+void ds_coro_segment_pop(struct dynstack *seg)
+{
+	struct dynstack_coro *c = seg->coro;
+	if (c) {
+		/* Innermost first: seg is the head unless an exception skipped
+		 * an inner one's cleanup, which cannot happen with -fexceptions. */
+		struct dynstack **pp = &c->segments;
+		while (*pp && *pp != seg)
+			pp = &(*pp)->next_free;
+		if (*pp)
+			*pp = seg->next_free;
+		seg->next_free = NULL;
+		seg->coro = NULL;
+	}
 }

@@ -200,6 +200,11 @@ DS_HIDDEN bool ds_cache_put(struct dynstack *s);
  * (its owning coroutine), rewrite the interrupted context so that it ends
  * the coroutine instead; returns false when that cannot be done. */
 DS_HIDDEN bool ds_coro_fail_redirect_sigsafe(struct dynstack *s, void *uctx);
+/* A dynstack_call segment starts or stops being used by the running
+ * coroutine (if any): destroying a coroutine suspended on segments releases
+ * them. */
+DS_HIDDEN void ds_coro_segment_push(struct dynstack *seg);
+DS_HIDDEN void ds_coro_segment_pop(struct dynstack *seg);
 
 /* ---- policy.c */
 struct ds_policy;

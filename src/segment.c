@@ -19,8 +19,8 @@
  * the library calls it makes before it uses the bytes it asked for. */
 #define DS_SEGMENT_MARGIN ((size_t)16 << 10)
 
-/* Lowest usable address of this thread's own stack, once known. */
-static DS_TLS uintptr_t own_lo;
+/* This thread's own stack, once known: [own_lo, own_hi). */
+static DS_TLS uintptr_t own_lo, own_hi;
 
 void *ds_call_on_stack(void *top, void *(*fn)(void *), void *arg)
 	__attribute__((visibility("hidden")));
@@ -32,8 +32,10 @@ static __attribute__((noinline)) uintptr_t own_stack_lo(void)
 	void *addr;
 	size_t size;
 	if (pthread_getattr_np(pthread_self(), &a) == 0) {
-		if (pthread_attr_getstack(&a, &addr, &size) == 0)
+		if (pthread_attr_getstack(&a, &addr, &size) == 0) {
 			own_lo = (uintptr_t)addr;
+			own_hi = (uintptr_t)addr + size;
+		}
 		pthread_attr_destroy(&a);
 	}
 	errno = saved;
@@ -67,9 +69,15 @@ static __attribute__((noinline)) const struct where *locate_slow(uintptr_t sp)
 		here = (struct where){ .lo = s->lo, .top = s->top, .s = s, .id = s->id };
 	} else {
 		uintptr_t lo = own_lo ? own_lo : own_stack_lo();
-		/* The own stack's range as far as we know it: from lo up to sp
-		 * and a little above (frames of callers do not move). */
-		here = (struct where){ .lo = lo, .top = sp + ((uintptr_t)1 << 20), .s = NULL };
+		if (sp < lo || sp >= own_hi) {
+			/* A stack we know nothing about (a signal stack, one a
+			 * runtime made itself): no room is promised, so ensure
+			 * refuses and dynstack_call switches. Not cached. */
+			static DS_TLS struct where unknown;
+			unknown = (struct where){ .lo = sp, .top = sp + 1, .s = NULL };
+			return &unknown;
+		}
+		here = (struct where){ .lo = lo, .top = own_hi, .s = NULL };
 	}
 	return &here;
 }
@@ -118,7 +126,7 @@ DYNSTACK_API int dynstack_ensure(size_t bytes)
 {
 	uintptr_t sp = (uintptr_t)__builtin_frame_address(0);
 	const struct where *w = locate(sp);
-	if (bytes > sp - w->lo)
+	if (sp < w->lo || bytes > sp - w->lo)
 		return -ENOSPC; /* the reserve of overflow=warn is not for planned use */
 	if (!w->s)
 		return 0; /* a thread's own stack: the kernel commits it on touch */
@@ -148,6 +156,7 @@ static void put_segment(struct dynstack **segp)
 	struct dynstack *s = *segp;
 	if (!s)
 		return;
+	ds_coro_segment_pop(s);
 	if (!idle_seg) {
 		idle_seg = s;
 		return;
@@ -193,6 +202,7 @@ static __attribute__((noinline)) void *call_on_segment(size_t need, void *(*fn)(
 	}
 	const struct where *w = locate((uintptr_t)__builtin_frame_address(0));
 	seg->caller_id = w->s ? w->s->id : 0;
+	ds_coro_segment_push(seg);
 	DS_STAT_ADD(nr_dynamic_stacks_segments, 1);
 	return ds_call_on_stack((void *)seg->top, fn, arg);
 }

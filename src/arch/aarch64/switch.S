@@ -163,7 +163,14 @@ ds_call_on_stack:
 	.cfi_def_cfa_register x29
 	mov	sp, x0
 	mov	x0, x2
+	/* gdb stops a backtrace at a frame whose caller lies below it unless
+	 * the frame is in a function named __morestack (gcc's split-stack
+	 * switch): a local symbol of that name covers this call. */
+	.type	__morestack, %function
+__morestack:
 	blr	x1
+.Lmorestack_end:
+	.size	__morestack, .Lmorestack_end - __morestack
 	mov	sp, x29
 	.cfi_def_cfa_register sp
 	ldp	x29, x30, [sp], #16

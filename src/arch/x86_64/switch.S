@@ -171,7 +171,15 @@ ds_call_on_stack:
 	.cfi_def_cfa_register rbp
 	movq	%rdi, %rsp
 	movq	%rdx, %rdi
+	/* gdb stops a backtrace at a frame whose caller lies below it ("previous
+	 * frame inner to this frame") unless the frame is in a function named
+	 * __morestack, the name of gcc's split-stack switch: a local symbol of
+	 * that name covers this call, so `bt` walks on into the caller. */
+	.type	__morestack, @function
+__morestack:
 	callq	*%rsi
+.Lmorestack_end:
+	.size	__morestack, .Lmorestack_end - __morestack
 	movq	%rbp, %rsp
 	.cfi_def_cfa_register rsp
 	popq	%rbp
