@@ -528,44 +528,31 @@ static void child_atomics(struct report *r)
 	r->status = CHILD_OK;
 }
 
+struct cache_child {
+	const struct bench_case *c;
+	int nthreads;
+	size_t count;
+};
+
+static void measure_cache(void *ctx, void *out)
+{
+	struct cache_child *k = ctx;
+	if (k->c)
+		child_main(k->c, k->nthreads, k->count, out);
+	else
+		child_atomics(out);
+}
+
 /* Fork, let the child measure one case (or the atomics, for c == NULL), collect its report. */
 static int run_child(const struct bench_case *c, int nthreads, size_t count, struct report *r)
 {
-	int fd[2];
+	struct cache_child ctx = { c, nthreads, count };
 	memset(r, 0, sizeof(*r));
-	if (pipe(fd))
-		return -errno;
-	fflush(NULL);
-	pid_t pid = fork();
-	if (pid < 0) {
-		int err = errno;
-		close(fd[0]);
-		close(fd[1]);
-		return -err;
-	}
-	if (pid == 0) {
-		close(fd[0]);
-		if (c)
-			child_main(c, nthreads, count, r);
-		else
-			child_atomics(r);
-		_exit(write(fd[1], r, sizeof(*r)) == (ssize_t)sizeof(*r) ? 0 : 1);
-	}
-	close(fd[1]);
-	ssize_t n = read(fd[0], r, sizeof(*r));
-	close(fd[0]);
-	int st;
-	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
-		;
-	if (n != (ssize_t)sizeof(*r) || !WIFEXITED(st) || WEXITSTATUS(st)) {
+	int rc = bench_in_child(measure_cache, &ctx, r, sizeof(*r), r->why, sizeof(r->why));
+	if (rc < 0)
+		return rc;
+	if (rc)
 		r->status = CHILD_ERROR;
-		if (WIFSIGNALED(st))
-			snprintf(r->why, sizeof(r->why), "child killed by signal %d (%s)",
-				 WTERMSIG(st), strsignal(WTERMSIG(st)));
-		else
-			snprintf(r->why, sizeof(r->why), "child exited with status %d",
-				 WIFEXITED(st) ? WEXITSTATUS(st) : -1);
-	}
 	return 0;
 }
 

@@ -295,7 +295,12 @@ static void child_main(enum bench_case c, struct report *r)
 	if (c >= CASE_POLICY) {
 		/* The default backend, as an application gets it. */
 		policy = &policies[c - CASE_POLICY];
-		if ((rc = dynstack_init(NULL))) {
+		/* The default backend, and no warm-stack cache: a stack re-created
+		 * from the cache would keep its pages and take no fault at all. */
+		dynstack_config_t cfg;
+		dynstack_config_init(&cfg);
+		cfg.cache_stacks = 0;
+		if ((rc = dynstack_init(&cfg))) {
 			r->status = CHILD_ERROR;
 			snprintf(r->why, sizeof(r->why), "dynstack_init: %s",
 				 dynstack_strerror(rc));
@@ -306,6 +311,7 @@ static void child_main(enum bench_case c, struct report *r)
 		dynstack_config_t cfg;
 		dynstack_config_init(&cfg);
 		cfg.backend = c == CASE_GUARD ? DYNSTACK_BACKEND_GUARD : DYNSTACK_BACKEND_MPROTECT;
+		cfg.cache_stacks = 0; /* every run must fault: no warm stacks */
 		if ((rc = dynstack_init(&cfg))) {
 			r->status = rc == -EOPNOTSUPP ? CHILD_SKIP : CHILD_ERROR;
 			snprintf(r->why, sizeof(r->why), "dynstack_init(%s): %s",
@@ -324,41 +330,25 @@ static void child_main(enum bench_case c, struct report *r)
 	r->status = CHILD_OK;
 }
 
+struct fault_child {
+	enum bench_case c;
+};
+
+static void measure_fault(void *ctx, void *out)
+{
+	child_main(((struct fault_child *)ctx)->c, out);
+}
+
 /* Fork, let the child measure one case, collect its samples. */
 static int run_child(enum bench_case c, struct report *r)
 {
-	int fd[2];
+	struct fault_child ctx = { c };
 	memset(r, 0, sizeof(*r));
-	if (pipe(fd))
-		return -errno;
-	fflush(NULL);
-	pid_t pid = fork();
-	if (pid < 0) {
-		int err = errno;
-		close(fd[0]);
-		close(fd[1]);
-		return -err;
-	}
-	if (pid == 0) {
-		close(fd[0]);
-		child_main(c, r);
-		_exit(write(fd[1], r, sizeof(*r)) == (ssize_t)sizeof(*r) ? 0 : 1);
-	}
-	close(fd[1]);
-	ssize_t n = read(fd[0], r, sizeof(*r));
-	close(fd[0]);
-	int st;
-	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
-		;
-	if (n != (ssize_t)sizeof(*r) || !WIFEXITED(st) || WEXITSTATUS(st)) {
+	int rc = bench_in_child(measure_fault, &ctx, r, sizeof(*r), r->why, sizeof(r->why));
+	if (rc < 0)
+		return rc;
+	if (rc)
 		r->status = CHILD_ERROR;
-		if (WIFSIGNALED(st))
-			snprintf(r->why, sizeof(r->why), "child killed by signal %d (%s)",
-				 WTERMSIG(st), strsignal(WTERMSIG(st)));
-		else
-			snprintf(r->why, sizeof(r->why), "child exited with status %d",
-				 WIFEXITED(st) ? WEXITSTATUS(st) : -1);
-	}
 	return 0;
 }
 
@@ -379,6 +369,7 @@ int main(void)
 	unsetenv("DYNSTACK_BACKEND");
 	unsetenv("DYNSTACK_STATS");
 	unsetenv("DYNSTACK_POLICY");
+	unsetenv("DYNSTACK_CACHE"); /* the children set cache_stacks = 0 */
 
 	struct utsname u;
 	if (!uname(&u))
