@@ -164,6 +164,21 @@ DYNSTACK_API int dynstack_ensure(size_t bytes);
 DYNSTACK_API void *dynstack_call(size_t need, void *(*fn)(void *), void *arg);
 
 /* ---------------------------------------------------------------------- */
+/* Asynchronous signals (docs/signals.md)                                   */
+
+struct sigaction;
+/* Like sigaction(2), but a handler always runs on the thread's sync stack
+ * (SA_ONSTACK is added), never on a green stack: timer, profiler and other
+ * asynchronous signals then cost green stacks nothing. For SIGSEGV and SIGBUS
+ * the library's handler stays first and act becomes the handler that faults
+ * not ours are passed to (oldact: the one before). 0, -EINVAL (bad signal,
+ * SIGKILL, SIGSTOP), or -errno from sigaction. */
+DYNSTACK_API int dynstack_sigaction(int sig, const struct sigaction *act, struct sigaction *oldact);
+/* Report every installed handler that lacks SA_ONSTACK (it would run on the
+ * live green stack), one line each to fd (-1: no output). Returns how many. */
+DYNSTACK_API int dynstack_signals_check(int fd);
+
+/* ---------------------------------------------------------------------- */
 /* Fault policies                                                          */
 /*
  * A policy decides how much a stack commits at creation, how much each fault

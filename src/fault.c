@@ -144,12 +144,31 @@ static void chain_sigsafe(int sig, siginfo_t *si, void *uctx)
 	ds_os_sigmask_sigsafe(SIG_SETMASK, &saved, NULL);
 }
 
+static void sync_stack_exhausted_sigsafe(int sig, const siginfo_t *si, uintptr_t sp)
+{
+	struct ds_buf b = { .len = 0 };
+	ds_buf_str_sigsafe(&b, "libdynstack: the sync stack is nearly exhausted (");
+	ds_buf_dec_sigsafe(&b, sp - ds_sync_lo);
+	ds_buf_str_sigsafe(&b, " of ");
+	ds_buf_dec_sigsafe(&b, ds_sync_hi - ds_sync_lo);
+	ds_buf_str_sigsafe(&b, " bytes left): nested signal handlers use too much of it; "
+			       "raise dynstack_config_t.sync_stack_size\n");
+	ds_buf_write_sigsafe(&b, STDERR_FILENO);
+	die_by_default_sigsafe(sig, si);
+}
+
 static void on_fault(int sig, siginfo_t *si, void *uctx)
 {
 	int saved_errno = errno;
 	uintptr_t addr = (uintptr_t)si->si_addr;
+	uintptr_t sp = (uintptr_t)__builtin_frame_address(0);
 	struct dynstack *s;
 	int err = 0;
+
+	if (__builtin_expect(sp >= ds_sync_lo && sp < ds_sync_lo + DS_SYNC_HEADROOM, 0)) {
+		sync_stack_exhausted_sigsafe(sig, si, sp);
+		goto out;
+	}
 
 	/* Only a fault the kernel raised carries a meaningful address; a
 	 * protection-key fault is never a commit matter. */
@@ -252,4 +271,76 @@ int ds_fault_install(void)
 	}
 	pthread_mutex_unlock(&install_lock);
 	return rc;
+}
+
+/* ---- async signals off green stacks (the arm64 IRQ-stack analogue) */
+
+/* Replace the handler that foreign SIGSEGV/SIGBUS faults go to, keeping ours
+ * in front of it. */
+static int set_chained(int sig, const struct sigaction *act, struct sigaction *old)
+{
+	pthread_mutex_lock(&install_lock);
+	int cur = atomic_load_explicit(&prev_cur, memory_order_relaxed);
+	int next = !cur;
+	memcpy(prev_tab[next], prev_tab[cur], sizeof(prev_tab[next]));
+	if (old)
+		*old = prev_tab[cur][sig_index(sig)];
+	if (act)
+		prev_tab[next][sig_index(sig)] = *act;
+	atomic_store_explicit(&prev_cur, next, memory_order_release);
+	pthread_mutex_unlock(&install_lock);
+	return 0;
+}
+
+DYNSTACK_API int dynstack_sigaction(int sig, const struct sigaction *act, struct sigaction *oldact)
+{
+	DS_KEEP_ERRNO();
+	if (sig <= 0 || sig >= NSIG || sig == SIGKILL || sig == SIGSTOP)
+		return -EINVAL;
+	int rc = ds_init_once();
+	if (rc)
+		return rc;
+	struct sigaction a;
+	if (act) {
+		a = *act;
+		/* The one change: handlers run on the thread's sync stack, never on
+		 * the green stack that happened to be running. */
+		if (a.sa_handler != SIG_DFL && a.sa_handler != SIG_IGN)
+			a.sa_flags |= SA_ONSTACK;
+	}
+	if (sig == SIGSEGV || sig == SIGBUS) {
+		/* Ours stays installed; the new one receives the faults that are
+		 * not ours, as if it had been installed before the library. */
+		return set_chained(sig, act ? &a : NULL, oldact);
+	}
+	return ds_os_sigaction(sig, act ? &a : NULL, oldact);
+}
+
+DYNSTACK_API int dynstack_signals_check(int fd)
+{
+	DS_KEEP_ERRNO();
+	int bad = 0;
+	for (int sig = 1; sig < NSIG; sig++) {
+		struct sigaction cur;
+		if (sig == SIGKILL || sig == SIGSTOP || ds_os_sigaction(sig, NULL, &cur))
+			continue;
+		bool handler = (cur.sa_flags & SA_SIGINFO) ?
+				       cur.sa_sigaction != NULL :
+				       (cur.sa_handler != SIG_DFL && cur.sa_handler != SIG_IGN);
+		if (!handler || (cur.sa_flags & SA_ONSTACK))
+			continue;
+		bad++;
+		if (fd >= 0) {
+			struct ds_buf b = { .len = 0 };
+			ds_buf_str_sigsafe(&b, "libdynstack: signal ");
+			ds_buf_dec_sigsafe(&b, (uint64_t)sig);
+			ds_buf_str_sigsafe(&b, " (");
+			ds_buf_str_sigsafe(&b, sigabbrev_np(sig) ? sigabbrev_np(sig) : "?");
+			ds_buf_str_sigsafe(
+				&b, ") has a handler without SA_ONSTACK: it runs on whatever "
+				    "green stack is live (use dynstack_sigaction)\n");
+			ds_buf_write_sigsafe(&b, fd);
+		}
+	}
+	return bad;
 }

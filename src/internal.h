@@ -148,6 +148,12 @@ DS_HIDDEN bool ds_fault_installed(void);
 
 /* ---- thread.c: per-thread sync stack */
 DS_HIDDEN extern DS_TLS int ds_thread_ready;
+/* The calling thread's sync stack, [lo, hi), 0 when it has none from us. */
+DS_HIDDEN extern DS_TLS uintptr_t ds_sync_lo, ds_sync_hi;
+/* Below this much room left on the sync stack the handler refuses to go on
+ * (nested signals ate it): a report now beats a silent death later, when
+ * the kernel finds no room for a signal frame. */
+#define DS_SYNC_HEADROOM ((uintptr_t)8 << 10)
 DS_HIDDEN int ds_thread_init_slow(void);
 static inline int ds_thread_ensure(void)
 {

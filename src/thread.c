@@ -12,6 +12,7 @@
 #include "trace.h"
 
 DS_TLS int ds_thread_ready;
+DS_TLS uintptr_t ds_sync_lo, ds_sync_hi;
 static DS_TLS void *sync_base; /* ours, or NULL when a foreign one is kept */
 static DS_TLS size_t sync_size;
 static DS_TLS stack_t sync_prev; /* what we replaced, restored by fini */
@@ -55,6 +56,8 @@ int ds_thread_init_slow(void)
 	pthread_once(&key_once, key_init);
 	pthread_setspecific(exit_key, &sync_base);
 	if (!(cur.ss_flags & SS_DISABLE) && cur.ss_size >= ds_opt.sync_stack_size) {
+		ds_sync_lo = (uintptr_t)cur.ss_sp;
+		ds_sync_hi = ds_sync_lo + cur.ss_size;
 		ds_thread_ready = 1; /* the thread's own is big enough: keep it */
 		return 0;
 	}
@@ -70,6 +73,8 @@ int ds_thread_init_slow(void)
 	sync_prev = cur;
 	sync_base = base;
 	sync_size = ds_opt.sync_stack_size;
+	ds_sync_lo = (uintptr_t)base;
+	ds_sync_hi = ds_sync_lo + sync_size;
 	ds_thread_ready = 1;
 	DS_STAT_ADD(nr_dynamic_stacks_sync_stacks, 1);
 	return 0;
