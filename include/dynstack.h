@@ -169,7 +169,9 @@ DYNSTACK_API void *dynstack_call(size_t need, void *(*fn)(void *), void *arg);
 struct sigaction;
 /* Like sigaction(2), but a handler always runs on the thread's sync stack
  * (SA_ONSTACK is added), never on a green stack: timer, profiler and other
- * asynchronous signals then cost green stacks nothing. For SIGSEGV and SIGBUS
+ * asynchronous signals then cost green stacks nothing. (Without it, a signal
+ * whose frame meets an uncommitted page cannot be delivered: the library
+ * reports that and the process dies.) For SIGSEGV and SIGBUS
  * the library's handler stays first and act becomes the handler that faults
  * not ours are passed to (oldact: the one before). 0, -EINVAL (bad signal,
  * SIGKILL, SIGSTOP), or -errno from sigaction. */

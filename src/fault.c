@@ -157,6 +157,68 @@ static void sync_stack_exhausted_sigsafe(int sig, const siginfo_t *si, uintptr_t
 	die_by_default_sigsafe(sig, si);
 }
 
+static uintptr_t interrupted_sp(const void *uctx)
+{
+	const ucontext_t *uc = uctx;
+#if defined(__x86_64__)
+	return (uintptr_t)uc->uc_mcontext.gregs[REG_RSP];
+#elif defined(__aarch64__)
+	return (uintptr_t)uc->uc_mcontext.sp;
+#else
+	(void)uc;
+	return 0;
+#endif
+}
+
+/* The kernel could not write a signal frame below the stack pointer of a
+ * green stack (a handler without SA_ONSTACK met an uncommitted page) and
+ * sends SIGSEGV with SI_KERNEL instead: the signal it meant to deliver is
+ * lost. Say so, name the handlers at fault, and die with a core. */
+static bool frame_setup_failed_sigsafe(int sig, const siginfo_t *si, void *uctx)
+{
+	if (sig != SIGSEGV || si->si_code != SI_KERNEL)
+		return false;
+	uintptr_t isp = interrupted_sp(uctx);
+	struct dynstack *g = isp ? ds_arena_lookup_sigsafe(isp) : NULL;
+	if (!g || atomic_load_explicit(&g->state, memory_order_acquire) != DS_SLOT_LIVE ||
+	    isp > g->top || isp < g->lo - g->reserve)
+		return false;
+	/* A signal frame is a few KiB (xsave state): only when that much was
+	 * not committed below the stack pointer is this the likely cause. */
+	uintptr_t edge = atomic_load_explicit(&g->edge, memory_order_relaxed);
+	if (isp - edge >= ((uintptr_t)16 << 10))
+		return false;
+	struct ds_buf b = { .len = 0 };
+	ds_buf_str_sigsafe(&b, "libdynstack: a signal could not be delivered on ");
+	describe_stack_sigsafe(&b, g, isp);
+	ds_buf_str_sigsafe(&b, ": its handler lacks SA_ONSTACK, so the kernel tried to write its "
+			       "frame below the stack pointer of a green stack; install it with "
+			       "dynstack_sigaction. Handlers without SA_ONSTACK:");
+	for (int i = 1; i < NSIG; i++) {
+		struct sigaction cur;
+		if (i == SIGKILL || i == SIGSTOP || ds_os_sigaction(i, NULL, &cur))
+			continue;
+		bool handler = (cur.sa_flags & SA_SIGINFO) ?
+				       cur.sa_sigaction != NULL :
+				       (cur.sa_handler != SIG_DFL && cur.sa_handler != SIG_IGN);
+		if (handler && !(cur.sa_flags & SA_ONSTACK)) {
+			ds_buf_str_sigsafe(&b, " ");
+			ds_buf_dec_sigsafe(&b, (uint64_t)i);
+		}
+	}
+	ds_buf_str_sigsafe(&b, "\n");
+	ds_buf_write_sigsafe(&b, STDERR_FILENO);
+	/* Returning would resume the interrupted code with the signal lost:
+	 * die by SIGSEGV instead, with a core. */
+	struct sigaction dfl;
+	memset(&dfl, 0, sizeof(dfl));
+	dfl.sa_handler = SIG_DFL;
+	sigemptyset(&dfl.sa_mask);
+	ds_os_sigaction(SIGSEGV, &dfl, NULL);
+	ds_os_raise_sigsafe(SIGSEGV);
+	return true;
+}
+
 static void on_fault(int sig, siginfo_t *si, void *uctx)
 {
 	int saved_errno = errno;
@@ -170,6 +232,9 @@ static void on_fault(int sig, siginfo_t *si, void *uctx)
 		goto out;
 	}
 
+	if (__builtin_expect(si->si_code == SI_KERNEL, 0) &&
+	    frame_setup_failed_sigsafe(sig, si, uctx))
+		goto out;
 	/* Only a fault the kernel raised carries a meaningful address; a
 	 * protection-key fault is never a commit matter. */
 	if (si->si_code <= 0 || si->si_code == SI_KERNEL

@@ -472,6 +472,61 @@ static void test_storm_nested_fault(void **state)
 	run_storm(1);
 }
 
+/* A handler installed without SA_ONSTACK: the kernel must write its frame on
+ * the green stack, and when that page is not committed it cannot deliver the
+ * signal at all. The library names the cause and dies, instead of a bare
+ * SIGSEGV or a lost signal. */
+static volatile int plain_hits;
+
+static void plain_handler(int sig)
+{
+	volatile char buf[2048];
+	memset((char *)buf, sig, sizeof(buf));
+	plain_hits++;
+}
+
+static int plain_rec(int n)
+{
+	volatile char b[200];
+	memset((char *)b, n, sizeof(b));
+	return n ? b[1] + plain_rec(n - 1) : 0;
+}
+
+static void plain_co(void *arg)
+{
+	for (;;) {
+		plain_rec(20);
+		dynstack_coro_yield();
+	}
+}
+
+static int no_onstack_child(void *arg)
+{
+	dynstack_coro_t *c[64];
+	struct sigaction sa;
+	struct itimerval it = { { 0, 100 }, { 0, 100 } };
+
+	if (dynstack_init(NULL)) /* ours back in front of CMocka's inherited handler */
+		return 2;
+	for (int i = 0; i < 64; i++)
+		if (dynstack_coro_create(&c[i], plain_co, NULL, NULL))
+			return 2;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = plain_handler;
+	sigaction(SIGALRM, &sa, NULL); /* no SA_ONSTACK: the mistake under test */
+	setitimer(ITIMER_REAL, &it, NULL);
+	for (long r = 0; r < 20000000; r++)
+		dynstack_coro_resume(c[r % 64]);
+	return 3; /* should have died long before */
+}
+
+static void test_handler_without_onstack_reported(void **state)
+{
+	expect_child_sigsegv(no_onstack_child, NULL);
+	assert_non_null(strstr(child_err, "lacks SA_ONSTACK"));
+	assert_non_null(strstr(child_err, "dynstack_sigaction"));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -481,6 +536,7 @@ int main(void)
 		cmocka_unit_test(test_signals_check),
 		cmocka_unit_test(test_storm),
 		cmocka_unit_test(test_storm_nested_fault),
+		cmocka_unit_test(test_handler_without_onstack_reported),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
