@@ -170,6 +170,19 @@ static uintptr_t interrupted_sp(const void *uctx)
 #endif
 }
 
+/* sig has a handler installed without SA_ONSTACK: it runs on whatever
+ * stack is live, a green one included. sigaction(2) is async-signal-safe. */
+static bool lacks_onstack_sigsafe(int sig)
+{
+	struct sigaction cur;
+	if (sig == SIGKILL || sig == SIGSTOP || ds_os_sigaction(sig, NULL, &cur))
+		return false;
+	bool handler = (cur.sa_flags & SA_SIGINFO) ?
+			       cur.sa_sigaction != NULL :
+			       (cur.sa_handler != SIG_DFL && cur.sa_handler != SIG_IGN);
+	return handler && !(cur.sa_flags & SA_ONSTACK);
+}
+
 /* The kernel could not write a signal frame below the stack pointer of a
  * green stack (a handler without SA_ONSTACK met an uncommitted page) and
  * sends SIGSEGV with SI_KERNEL instead: the signal it meant to deliver is
@@ -195,13 +208,7 @@ static bool frame_setup_failed_sigsafe(int sig, const siginfo_t *si, void *uctx)
 			       "frame below the stack pointer of a green stack; install it with "
 			       "dynstack_sigaction. Handlers without SA_ONSTACK:");
 	for (int i = 1; i < NSIG; i++) {
-		struct sigaction cur;
-		if (i == SIGKILL || i == SIGSTOP || ds_os_sigaction(i, NULL, &cur))
-			continue;
-		bool handler = (cur.sa_flags & SA_SIGINFO) ?
-				       cur.sa_sigaction != NULL :
-				       (cur.sa_handler != SIG_DFL && cur.sa_handler != SIG_IGN);
-		if (handler && !(cur.sa_flags & SA_ONSTACK)) {
+		if (lacks_onstack_sigsafe(i)) {
 			ds_buf_str_sigsafe(&b, " ");
 			ds_buf_dec_sigsafe(&b, (uint64_t)i);
 		}
@@ -386,13 +393,7 @@ DYNSTACK_API int dynstack_signals_check(int fd)
 	DS_KEEP_ERRNO();
 	int bad = 0;
 	for (int sig = 1; sig < NSIG; sig++) {
-		struct sigaction cur;
-		if (sig == SIGKILL || sig == SIGSTOP || ds_os_sigaction(sig, NULL, &cur))
-			continue;
-		bool handler = (cur.sa_flags & SA_SIGINFO) ?
-				       cur.sa_sigaction != NULL :
-				       (cur.sa_handler != SIG_DFL && cur.sa_handler != SIG_IGN);
-		if (!handler || (cur.sa_flags & SA_ONSTACK))
+		if (!lacks_onstack_sigsafe(sig))
 			continue;
 		bad++;
 		if (fd >= 0) {
