@@ -53,6 +53,7 @@ typedef struct dynstack_config {
 	size_t cache_stacks;	    /* warm stacks kept per thread; 0 = no cache (DYNSTACK_CACHE) */
 	size_t cache_pages;	    /* committed pages all caches may keep (DYNSTACK_CACHE_PAGES) */
 	size_t trim_batch; /* pages a thread queues before decommitting (DYNSTACK_TRIM_BATCH) */
+	int shared_poison; /* every group poisons, see DYNSTACK_GROUP_POISON (DYNSTACK_SHARED_POISON=1) */
 } dynstack_config_t;
 
 /* Fill *cfg with the defaults. Returns -EINVAL for NULL. */
@@ -91,6 +92,13 @@ DYNSTACK_API void dynstack_thread_fini(void);
 /* Stacks                                                                  */
 
 typedef struct dynstack dynstack_t;
+typedef struct dynstack_group dynstack_group_t;
+
+/* Where a coroutine's frames live (dynstack_coro_create). */
+typedef enum dynstack_mode {
+	DYNSTACK_MODE_PRIVATE = 0, /* a dynamic stack of its own (the default) */
+	DYNSTACK_MODE_SHARED = 1,  /* a group's shared stack, copied in and out */
+} dynstack_mode_t;
 
 typedef struct dynstack_attr {
 	size_t struct_size; /* sizeof(dynstack_attr_t), set by _init */
@@ -98,6 +106,9 @@ typedef struct dynstack_attr {
 	size_t initial;	    /* bytes committed at creation; 0 = the policy's */
 	const char *name;   /* copied (truncated to DYNSTACK_NAME_MAX); may be NULL */
 	const char *policy; /* policy spec for this stack; NULL = the process default */
+	/* Since 0.2: coroutines only. */
+	dynstack_mode_t mode;	 /* private or shared stack */
+	dynstack_group_t *group; /* shared mode: the group; NULL = the thread's own */
 } dynstack_attr_t;
 
 /* Fill *attr with the defaults. Returns -EINVAL for NULL. */
@@ -282,13 +293,20 @@ typedef enum dynstack_coro_status {
 } dynstack_coro_status_t;
 
 /* Create a suspended coroutine that will run fn(arg) on a new dynamic stack
- * (attr as for dynstack_create). */
+ * (attr as for dynstack_create), or with attr->mode DYNSTACK_MODE_SHARED on
+ * the shared stack of attr->group (NULL: the calling thread's own group,
+ * made on first use, freed at thread exit). In shared mode attr->initial
+ * and attr->policy must be 0 (the group's stack has them), attr->size, if
+ * set, must fit in the group's stack, and the name is not kept.
+ * -EINVAL: bad arguments, or a group of another thread. */
 DYNSTACK_API int dynstack_coro_create(dynstack_coro_t **out, dynstack_coro_fn fn, void *arg,
 				      const dynstack_attr_t *attr);
 /* Run c until it yields or returns. It may be resumed from any OS thread,
- * never from two at once (a contract, not arbitrated). -EINVAL: NULL or
- * dead; -EBUSY: running, waiting for a coroutine it resumed, or resumed from
- * inside itself; -ENOMEM: no sync stack for this thread; -EOVERFLOW: c
+ * never from two at once (a contract, not arbitrated); a shared-mode one
+ * only on its group's thread. -EINVAL: NULL or dead, or a shared-mode
+ * coroutine resumed on a thread its group does not belong to (or whose
+ * thread exited); -EBUSY: running, waiting for a coroutine it resumed,
+ * resumed from inside itself, or another coroutine of its group runs; -ENOMEM: no sync stack for this thread; -EOVERFLOW: c
  * overflowed its stack under overflow=fail and was ended (it is DEAD). */
 DYNSTACK_API int dynstack_coro_resume(dynstack_coro_t *c);
 /* Suspend the running coroutine, back to whoever resumed it. -EPERM when
@@ -303,6 +321,57 @@ DYNSTACK_API int dynstack_coro_destroy(dynstack_coro_t *c);
 DYNSTACK_API dynstack_t *dynstack_coro_stack(const dynstack_coro_t *c);
 /* The coroutine running on this thread, or NULL. */
 DYNSTACK_API dynstack_coro_t *dynstack_coro_current(void);
+
+/* ---------------------------------------------------------------------- */
+/* Shared (copy) stacks (docs/shared.md)                                   */
+/*
+ * The coroutines of a group take turns on one execution stack, the group's
+ * (itself a dynamic stack: it grows on fault, is overflow-checked and
+ * trimmed by its policy). When a coroutine of the group is resumed and
+ * another one's frames are on the shared stack, the live bytes of that one,
+ * [its stack pointer, top), are copied into its save buffer, and the
+ * resumed one's copied back. Resuming the coroutine whose bytes are still
+ * there copies nothing (the owner cache). An idle coroutine costs its saved
+ * bytes and some 64 bytes of metadata instead of at least a page.
+ *
+ * THE CONTRACT: a pointer into a shared-mode coroutine's stack (the address
+ * of a local variable, an alloca) is valid only while that coroutine runs.
+ * Once it yields, its frames may be copied away and the addresses reused by
+ * another coroutine of the group: handing such a pointer to another
+ * coroutine, or keeping it across a yield in a data structure others read,
+ * reads or corrupts someone else's frames. DYNSTACK_GROUP_POISON (or
+ * DYNSTACK_SHARED_POISON=1) makes every switch-out copy the frames away and
+ * fill the shared stack with 0xdb bytes, so a stale pointer reads garbage
+ * at once instead of sometimes.
+ *
+ * Only one coroutine of a group runs at a time: resuming one while another
+ * of the group runs (or waits for a coroutine it resumed) is -EBUSY; resume
+ * coroutines of a group from outside it (a scheduler on the thread's own
+ * stack, a private coroutine, another group).
+ */
+
+/* The group's coroutines may be resumed from any thread, one thread at a
+ * time (a second thread gets -EBUSY). Default: only the creating thread. */
+#define DYNSTACK_GROUP_ANY_THREAD (1u << 0)
+/* Copy out and poison on every switch-out (a debugging mode; slow). */
+#define DYNSTACK_GROUP_POISON (1u << 1)
+
+/* Create a group whose shared stack is made from attr (size, initial, name,
+ * policy, as for dynstack_create; mode and group must be 0). flags:
+ * DYNSTACK_GROUP_*. -EINVAL: bad attr or flags; -ENOMEM; -EOPNOTSUPP: no
+ * way to find a suspended context's stack pointer on this CPU. */
+DYNSTACK_API int dynstack_group_create(dynstack_group_t **out, const dynstack_attr_t *attr,
+				       unsigned flags);
+/* Free a group and its stack. NULL: 0. -EBUSY while it has coroutines;
+ * -EINVAL for a thread's own group (the library frees it at thread exit). */
+DYNSTACK_API int dynstack_group_destroy(dynstack_group_t *group);
+/* The group's shared stack (owned by the group), NULL for NULL. */
+DYNSTACK_API dynstack_t *dynstack_group_stack(const dynstack_group_t *group);
+/* The group of a shared-mode coroutine; NULL for a private one or NULL. */
+DYNSTACK_API dynstack_group_t *dynstack_coro_group(const dynstack_coro_t *c);
+/* Bytes of c held in its save buffer now: 0 for a private coroutine, and
+ * while its frames are on the shared stack. */
+DYNSTACK_API size_t dynstack_coro_saved(const dynstack_coro_t *c);
 
 /* ---------------------------------------------------------------------- */
 /* Statistics, in /proc/vmstat style                                       */
@@ -336,7 +405,13 @@ DYNSTACK_API dynstack_coro_t *dynstack_coro_current(void);
 	X(nr_dynamic_stacks_cached_pages, gauge, "committed pages of cached stacks")               \
 	X(nr_dynamic_stacks_cache_hits, event, "creates served by a cache")                        \
 	X(nr_dynamic_stacks_ensured, event, "pages committed by dynstack_ensure")                  \
-	X(nr_dynamic_stacks_segments, event, "dynstack_call runs on a new segment")
+	X(nr_dynamic_stacks_segments, event, "dynstack_call runs on a new segment")                \
+	X(nr_shared_groups, gauge, "groups of shared-stack coroutines")                            \
+	X(nr_shared_saved_bytes, gauge, "bytes of suspended shared-mode coroutines saved")         \
+	X(nr_shared_buffer_bytes, gauge, "capacity of the save buffers")                           \
+	X(nr_shared_copies, event, "shared-stack copies (out or in)")                              \
+	X(nr_shared_copied_bytes, event, "bytes copied by them")                                   \
+	X(nr_shared_owner_hits, event, "resumes that found their frames on the shared stack")
 
 typedef struct dynstack_stats {
 	size_t struct_size; /* set by the caller to sizeof(dynstack_stats_t) */

@@ -7,19 +7,7 @@
 #include <stdlib.h>
 #include <ucontext.h>
 
-#include "ctx.h"
-#include "internal.h"
-
-struct dynstack_coro {
-	ds_ctx_t ctx;		      /* the coroutine's saved state */
-	ds_ctx_t caller;	      /* the resumer's saved state, valid while it runs */
-	_Atomic int status;	      /* dynstack_coro_status_t */
-	struct dynstack_coro *parent; /* coroutine that resumed it, or NULL */
-	struct dynstack *stack;
-	struct dynstack *segments; /* dynstack_call segments it runs on, innermost first */
-	dynstack_coro_fn fn;
-	void *arg;
-};
+#include "coro.h"
 
 /* The coroutine running on this thread (NULL on the thread's own stack). */
 static DS_TLS struct dynstack_coro *current;
@@ -33,11 +21,21 @@ static inline int leave(struct dynstack_coro *c, int status, int ret)
 	/* The green thread's "return to user space": a trim point. Below this
 	 * frame only the switch's few saved registers will be written. */
 	ds_trim_point(c->stack, (uintptr_t)__builtin_frame_address(0));
-	struct dynstack_coro *parent = c->parent;
+	struct ds_coro_link *l = c->link;
+	struct dynstack_coro *parent = l->parent;
 	current = parent;
 	if (parent)
 		atomic_store_explicit(&parent->status, DYNSTACK_CORO_RUNNING, memory_order_relaxed);
-	return ds_ctx_switch_publish(&c->ctx, &c->caller, &c->status, status, ret);
+	struct dynstack_group *g = c->group;
+	if (g) {
+		/* What is published once off the stack is the group's claim:
+		 * nobody may copy over these frames before. c's status may show
+		 * first: resuming c needs the claim too. */
+		atomic_store_explicit(&c->status, status, memory_order_relaxed);
+		g->claimer = NULL;
+		return ds_ctx_switch_publish(&c->ctx, &l->caller, &g->busy, 0, ret);
+	}
+	return ds_ctx_switch_publish(&c->ctx, &l->caller, &c->status, status, ret);
 }
 
 /* Out of line: coro_main's frame lives across every migration of c, so the
@@ -102,10 +100,12 @@ bool ds_coro_fail_redirect_sigsafe(struct dynstack *s, void *uctx)
 	return true;
 }
 
-static void coro_main(void *arg)
+void ds_coro_main(void *arg)
 {
 	struct dynstack_coro *c = arg;
-	c->fn(c->arg);
+	void **top = (void **)c->stack->top;
+	dynstack_coro_fn fn = (dynstack_coro_fn)top[-2];
+	fn(top[-1]);
 	finish(c);
 }
 
@@ -113,23 +113,38 @@ DYNSTACK_API int dynstack_coro_create(dynstack_coro_t **out, dynstack_coro_fn fn
 				      const dynstack_attr_t *attr)
 {
 	DS_KEEP_ERRNO();
+	dynstack_attr_t a;
 	if (!out)
 		return -EINVAL;
 	*out = NULL;
 	if (!fn)
 		return -EINVAL;
-	struct dynstack_coro *c = calloc(1, sizeof(*c));
-	if (!c)
-		return -ENOMEM;
-	int rc = ds_stack_create(&c->stack, attr, DS_SLOT_CORO);
-	if (rc) {
-		free(c);
+	int rc = ds_attr_load(&a, attr);
+	if (rc)
 		return rc;
+	struct dynstack_coro *c;
+	if (a.mode == DYNSTACK_MODE_SHARED) {
+		if ((rc = ds_shared_coro_create(&c, &a, fn, arg)))
+			return rc;
+	} else {
+		if (a.mode != DYNSTACK_MODE_PRIVATE || a.group)
+			return -EINVAL;
+		if (!(c = calloc(1, sizeof(*c))))
+			return -ENOMEM;
+		if ((rc = ds_stack_create(&c->stack, &a, DS_SLOT_CORO))) {
+			free(c);
+			return rc;
+		}
+		c->link = &c->own;
+		c->stack->coro = c;
+		/* fn and arg in the top 16 bytes (committed: at least the top
+		 * page always is), the entry frame below them. */
+		void **top = (void **)c->stack->top;
+		top[-2] = (void *)fn;
+		top[-1] = arg;
+		ds_ctx_make(&c->ctx, (void *)c->stack->lo, c->stack->top - 16 - c->stack->lo,
+			    ds_coro_main, c);
 	}
-	c->fn = fn;
-	c->arg = arg;
-	c->stack->coro = c;
-	ds_ctx_make(&c->ctx, (void *)c->stack->lo, c->stack->top - c->stack->lo, coro_main, c);
 	atomic_store_explicit(&c->status, DYNSTACK_CORO_SUSPENDED, memory_order_release);
 	DS_TSTAT_ADD(nr_dynamic_stacks_coros, 1);
 	*out = c;
@@ -150,16 +165,30 @@ DYNSTACK_API int dynstack_coro_resume(dynstack_coro_t *c)
 	int st = atomic_load_explicit(&c->status, memory_order_acquire);
 	if (st != DYNSTACK_CORO_SUSPENDED)
 		return st == DYNSTACK_CORO_DEAD ? -EINVAL : -EBUSY;
+	struct dynstack_group *g = c->group;
+	if (g) {
+		if ((rc = ds_shared_enter(c)))
+			return rc;
+	} else {
+		ds_trim_before_run(c->stack);
+	}
 	atomic_store_explicit(&c->status, DYNSTACK_CORO_RUNNING, memory_order_relaxed);
-	ds_trim_before_run(c->stack);
 
 	struct dynstack_coro *parent = current;
 	if (parent)
 		atomic_store_explicit(&parent->status, DYNSTACK_CORO_NORMAL, memory_order_relaxed);
-	c->parent = parent;
+	struct ds_coro_link *l = c->link;
+	l->parent = parent;
 	current = c;
+	if (__builtin_expect(g && (g->flags & DYNSTACK_GROUP_POISON), 0)) {
+		/* Not a tail call: the frames are copied away and the stack
+		 * poisoned once c is off it. */
+		rc = ds_ctx_switch_publish(&l->caller, &c->ctx, NULL, 0, 0);
+		ds_shared_after(c);
+		return rc;
+	}
 	/* Tail call: c's leave() comes back directly to our caller. */
-	return ds_ctx_switch_publish(&c->caller, &c->ctx, NULL, 0, 0);
+	return ds_ctx_switch_publish(&l->caller, &c->ctx, NULL, 0, 0);
 }
 
 DYNSTACK_API int dynstack_coro_yield(void)
@@ -178,6 +207,18 @@ DYNSTACK_API int dynstack_coro_status(const dynstack_coro_t *c)
 	return atomic_load_explicit(&c->status, memory_order_acquire);
 }
 
+void ds_coro_drop_segments(struct dynstack_coro *c)
+{
+	/* Suspended inside dynstack_call: its segments are abandoned with it. */
+	while (c->segments) {
+		struct dynstack *seg = c->segments;
+		c->segments = seg->next_free;
+		seg->next_free = NULL;
+		seg->coro = NULL;
+		ds_stack_release(seg);
+	}
+}
+
 DYNSTACK_API int dynstack_coro_destroy(dynstack_coro_t *c)
 {
 	DS_KEEP_ERRNO();
@@ -188,17 +229,16 @@ DYNSTACK_API int dynstack_coro_destroy(dynstack_coro_t *c)
 		return -EBUSY;
 	if (st != DYNSTACK_CORO_SUSPENDED && st != DYNSTACK_CORO_DEAD)
 		return -EINVAL;
-	/* Suspended inside dynstack_call: its segments are abandoned with it. */
-	while (c->segments) {
-		struct dynstack *seg = c->segments;
-		c->segments = seg->next_free;
-		seg->next_free = NULL;
-		seg->coro = NULL;
-		ds_stack_release(seg);
+	if (c->group) {
+		int rc = ds_shared_coro_destroy(c);
+		if (rc)
+			return rc;
+	} else {
+		ds_coro_drop_segments(c);
+		atomic_store_explicit(&c->status, 0, memory_order_relaxed);
+		ds_stack_release(c->stack);
+		free(c);
 	}
-	ds_stack_release(c->stack);
-	atomic_store_explicit(&c->status, 0, memory_order_relaxed);
-	free(c);
 	DS_TSTAT_SUB(nr_dynamic_stacks_coros, 1);
 	return 0;
 }

@@ -66,6 +66,20 @@ int ds_ctx_switch_publish(ds_ctx_t *from, ds_ctx_t *to, _Atomic int *publish, in
 	return pending_ret;
 }
 
+uintptr_t ds_ctx_sp(const ds_ctx_t *ctx)
+{
+	/* glibc's swapcontext saves the stack pointer as it will be after its
+	 * return: the caller's frames are above it, nothing below is live. */
+#if defined(__x86_64__)
+	return (uintptr_t)ctx->uc.uc_mcontext.gregs[REG_RSP];
+#elif defined(__aarch64__)
+	return (uintptr_t)ctx->uc.uc_mcontext.sp;
+#else
+	(void)ctx;
+	return 0;
+#endif
+}
+
 #if !defined(__x86_64__) && !defined(__aarch64__)
 #include "internal.h"
 

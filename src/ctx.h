@@ -6,6 +6,7 @@
 #define DS_CTX_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #if defined(DS_SWITCH_UCONTEXT)
 #include <ucontext.h>
@@ -41,6 +42,18 @@ void ds_ctx_make(ds_ctx_t *ctx, void *lo, size_t size, ds_ctx_entry_fn entry, vo
  * done before and the switch tail-called). */
 int ds_ctx_switch_publish(ds_ctx_t *from, ds_ctx_t *to, _Atomic int *publish, int value, int ret)
 	__attribute__((visibility("hidden")));
+
+/* The stack pointer of a suspended context: nothing below it is live (the
+ * switch is a call, so no red-zone data survives it). 0 when this build
+ * cannot tell (a ucontext CPU we do not know). */
+#if defined(DS_SWITCH_UCONTEXT)
+uintptr_t ds_ctx_sp(const ds_ctx_t *ctx) __attribute__((visibility("hidden")));
+#else
+static inline uintptr_t ds_ctx_sp(const ds_ctx_t *ctx)
+{
+	return (uintptr_t)ctx->sp;
+}
+#endif
 
 static inline void ds_ctx_switch(ds_ctx_t *from, ds_ctx_t *to)
 {

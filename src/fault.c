@@ -60,6 +60,7 @@ static void describe_stack_sigsafe(struct ds_buf *b, const struct dynstack *s, u
 			ds_buf_str_sigsafe(b, "a thread's own stack");
 		}
 	}
+	ds_shared_describe_sigsafe(b, s);
 	ds_buf_str_sigsafe(b, ", policy ");
 	ds_buf_str_sigsafe(b, s->policy->spec);
 	ds_buf_str_sigsafe(b, ", range ");

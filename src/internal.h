@@ -39,6 +39,7 @@ struct ds_options {
 	size_t cache_stacks;
 	size_t cache_pages;
 	size_t trim_batch;
+	bool shared_poison; /* DYNSTACK_SHARED_POISON=1: every group poisons */
 };
 DS_HIDDEN extern struct ds_options ds_opt;
 /* Apply DYNSTACK_* environment variables on top of *cfg. Returns 0 or
@@ -174,6 +175,9 @@ DS_HIDDEN enum ds_fault_kind ds_stack_fault_sigsafe(struct dynstack *s, uintptr_
  * page counters). 1: lowered (*edgep is the old edge); 0: another thread got
  * there first (*edgep is the current edge); -errno: the kernel refused. */
 DS_HIDDEN int ds_stack_grow_sigsafe(struct dynstack *s, uintptr_t target, uintptr_t *edgep);
+/* Copy a caller's attr (any struct_size we know; NULL: defaults) into *a,
+ * filling what it lacks with defaults. 0 or -EINVAL. */
+DS_HIDDEN int ds_attr_load(dynstack_attr_t *a, const dynstack_attr_t *attr);
 DS_HIDDEN int ds_stack_create(struct dynstack **out, const dynstack_attr_t *attr, uint32_t flags);
 DS_HIDDEN void ds_stack_release(struct dynstack *s);
 DS_HIDDEN void ds_stack_discard(struct dynstack *s, uintptr_t edge);
@@ -211,6 +215,9 @@ DS_HIDDEN bool ds_coro_fail_redirect_sigsafe(struct dynstack *s, void *uctx);
  * them. */
 DS_HIDDEN void ds_coro_segment_push(struct dynstack *seg);
 DS_HIDDEN void ds_coro_segment_pop(struct dynstack *seg);
+
+/* ---- shared.c: for overflow reports on a group's shared stack */
+DS_HIDDEN void ds_shared_describe_sigsafe(struct ds_buf *b, const struct dynstack *s);
 
 /* ---- policy.c */
 struct ds_policy;

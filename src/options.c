@@ -109,13 +109,19 @@ int ds_options_from_env(dynstack_config_t *cfg)
 			*(size_t *)((char *)cfg + counts[i].offset) = (size_t)n;
 		}
 	}
-	if ((v = getenv("DYNSTACK_STATS")) && *v) {
-		if (!strcmp(v, "1"))
-			cfg->stats_at_exit = 1;
-		else if (!strcmp(v, "0"))
-			cfg->stats_at_exit = 0;
-		else
-			return env_error("DYNSTACK_STATS", v, "0 or 1");
+	static const struct {
+		const char *name;
+		size_t offset;
+	} flags[] = {
+		{ "DYNSTACK_STATS", offsetof(dynstack_config_t, stats_at_exit) },
+		{ "DYNSTACK_SHARED_POISON", offsetof(dynstack_config_t, shared_poison) },
+	};
+	for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
+		if ((v = getenv(flags[i].name)) && *v) {
+			if (strcmp(v, "0") && strcmp(v, "1"))
+				return env_error(flags[i].name, v, "0 or 1");
+			*(int *)((char *)cfg + flags[i].offset) = *v == '1';
+		}
 	}
 	return 0;
 }

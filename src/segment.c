@@ -166,6 +166,19 @@ static void put_segment(struct dynstack **segp)
 	errno = saved;
 }
 
+static inline __attribute__((always_inline)) uintptr_t stack_pointer(void)
+{
+	uintptr_t sp;
+#if defined(__x86_64__)
+	__asm__ volatile("mov %%rsp, %0" : "=r"(sp));
+#elif defined(__aarch64__)
+	__asm__ volatile("mov %0, sp" : "=r"(sp));
+#else
+	sp = (uintptr_t)__builtin_frame_address(0) - 4096; /* a generous bound */
+#endif
+	return sp;
+}
+
 static __attribute__((noinline)) void *call_on_segment(size_t need, void *(*fn)(void *), void *arg)
 {
 	/* Power-of-two sizes, so that segments of similar needs share a size
@@ -202,6 +215,10 @@ static __attribute__((noinline)) void *call_on_segment(size_t need, void *(*fn)(
 	}
 	const struct where *w = locate((uintptr_t)__builtin_frame_address(0));
 	seg->caller_id = w->s ? w->s->id : 0;
+	/* A shared-mode coroutine suspended on the segment has its frames on
+	 * the shared stack from here up: this frame, and below it what the
+	 * crossing pushes (a return address and a saved register). */
+	seg->caller_sp = stack_pointer() - 64;
 	ds_coro_segment_push(seg);
 	DS_STAT_ADD(nr_dynamic_stacks_segments, 1);
 	return ds_call_on_stack((void *)seg->top, fn, arg);

@@ -96,6 +96,7 @@ DYNSTACK_API int dynstack_init(const dynstack_config_t *cfg)
 	ds_opt.cache_stacks = c.cache_stacks;
 	ds_opt.cache_pages = c.cache_pages;
 	ds_opt.trim_batch = c.trim_batch;
+	ds_opt.shared_poison = c.shared_poison != 0;
 	ds_os_page_size(); /* cache it before the handler can need it */
 	if ((rc = ds_fault_install()))
 		goto out;
@@ -130,6 +131,20 @@ DYNSTACK_API int dynstack_attr_init(dynstack_attr_t *attr)
 		return -EINVAL;
 	memset(attr, 0, sizeof(*attr));
 	attr->struct_size = sizeof(*attr);
+	return 0;
+}
+
+int ds_attr_load(dynstack_attr_t *a, const dynstack_attr_t *attr)
+{
+	dynstack_attr_init(a);
+	if (!attr)
+		return 0;
+	/* Callers built against 0.1 pass the attr without mode and group. */
+	size_t n = attr->struct_size;
+	if (n != sizeof(*a) && n != offsetof(dynstack_attr_t, mode))
+		return -EINVAL;
+	memcpy(a, attr, n);
+	a->struct_size = sizeof(*a);
 	return 0;
 }
 
@@ -177,14 +192,12 @@ int ds_stack_create(struct dynstack **out, const dynstack_attr_t *attr, uint32_t
 	int rc;
 
 	*out = NULL;
-	if (attr && attr->struct_size != sizeof(a))
-		return -EINVAL;
+	if ((rc = ds_attr_load(&a, attr)))
+		return rc;
+	if (a.mode != DYNSTACK_MODE_PRIVATE || a.group)
+		return -EINVAL; /* a stack of its own has no group */
 	if ((rc = ds_thread_ensure()))
 		return rc;
-	if (attr)
-		a = *attr;
-	else
-		dynstack_attr_init(&a);
 
 	size_t ps = ds_os_page_size();
 	size_t size = a.size ? a.size : ds_opt.default_size;
@@ -243,6 +256,7 @@ int ds_stack_create(struct dynstack **out, const dynstack_attr_t *attr, uint32_t
 	s->policy = pol;
 	s->coro = NULL;
 	s->caller_id = 0;
+	s->caller_sp = 0;
 	s->id = new_id();
 	memset(s->name, 0, sizeof(s->name));
 	if (a.name)

@@ -71,7 +71,8 @@ struct dynstack {
 	_Atomic uint64_t faults;	/* commit faults taken by this stack */
 	_Atomic int warned;		/* overflow=warn: the one warning was printed */
 	struct dynstack_coro *coro;	/* owning coroutine, or NULL */
-	uint64_t caller_id; /* segment: the stack dynstack_call ran from (0: a thread's own) */
+	uint64_t caller_id;  /* segment: the stack dynstack_call ran from (0: a thread's own) */
+	uintptr_t caller_sp; /* segment: lowest address the crossing used on that stack */
 	/* trim (cache.c). faulted/trim_lo/trim_hi/idle_limit are also touched
 	 * by the handler of the thread running the stack: relaxed atomics. */
 	_Atomic uint64_t trim_state;	    /* DS_TRIM_TAG(tag, enum ds_trim_state) */
