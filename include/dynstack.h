@@ -23,7 +23,7 @@ extern "C" {
 #endif
 
 #define DYNSTACK_VERSION_MAJOR 0
-#define DYNSTACK_VERSION_MINOR 1
+#define DYNSTACK_VERSION_MINOR 2
 #define DYNSTACK_VERSION_PATCH 0
 
 /* Default reservation of a stack (the kernel's THREAD_SIZE on arm64). */

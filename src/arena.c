@@ -25,18 +25,32 @@ struct ds_class {
  * where arenas exist; never freed, so the handler can always read it. */
 typedef struct ds_arena *_Atomic ds_arena_ref;
 static ds_arena_ref *_Atomic chunk_map;
-static pthread_once_t map_once = PTHREAD_ONCE_INIT;
-static int map_err;
+static pthread_once_t locks_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t map_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct ds_class classes[DS_MAX_SHIFT + 1];
 
-static void map_init(void)
+static void locks_init(void)
 {
-	void *p;
-	map_err = ds_os_map_rw(DS_MAP_ENTRIES * sizeof(*chunk_map), &p);
-	if (!map_err)
-		atomic_store_explicit(&chunk_map, (ds_arena_ref *)p, memory_order_release);
 	for (size_t i = 0; i <= DS_MAX_SHIFT; i++)
 		pthread_mutex_init(&classes[i].lock, NULL);
+}
+
+/* The map is made by the first create, under a lock rather than
+ * pthread_once: a refused mmap (ENOMEM) must leave the next create free to
+ * try again, not fail every create for the life of the process. */
+static int map_ensure(void)
+{
+	int rc = 0;
+	if (atomic_load_explicit(&chunk_map, memory_order_acquire))
+		return 0;
+	pthread_mutex_lock(&map_lock);
+	if (!atomic_load_explicit(&chunk_map, memory_order_relaxed)) {
+		void *p;
+		if (!(rc = ds_os_map_rw(DS_MAP_ENTRIES * sizeof(*chunk_map), &p)))
+			atomic_store_explicit(&chunk_map, (ds_arena_ref *)p, memory_order_release);
+	}
+	pthread_mutex_unlock(&map_lock);
+	return rc;
 }
 
 struct dynstack *ds_arena_lookup_sigsafe(uintptr_t addr)
@@ -129,15 +143,15 @@ static int arena_prepare_batch(struct ds_arena *a)
 int ds_arena_slot_get(size_t size, struct dynstack **out)
 {
 	*out = NULL;
-	pthread_once(&map_once, map_init);
-	if (map_err)
-		return map_err;
+	pthread_once(&locks_once, locks_init);
+	int rc = map_ensure();
+	if (rc)
+		return rc;
 	unsigned shift = ds_arena_class(size);
 	if (shift > DS_MAX_SHIFT)
 		return -EINVAL;
 	struct ds_class *c = &classes[shift];
 	struct dynstack *s = NULL;
-	int rc = 0;
 
 	pthread_mutex_lock(&c->lock);
 	if ((s = c->free)) {
@@ -168,4 +182,12 @@ void ds_arena_slot_put(struct dynstack *s)
 	s->next_free = c->free;
 	c->free = s;
 	pthread_mutex_unlock(&c->lock);
+}
+
+void ds_arena_fork(enum ds_fork_phase ph)
+{
+	pthread_once(&locks_once, locks_init);
+	ds_fork_lock(&map_lock, ph);
+	for (size_t i = 0; i <= DS_MAX_SHIFT; i++)
+		ds_fork_lock(&classes[i].lock, ph);
 }

@@ -66,9 +66,9 @@ static void depot_init(void)
 		pthread_mutex_init(&depot[i].lock, NULL);
 }
 
-static size_t page_size(void)
+static inline size_t page_size(void)
 {
-	return ds_os_page_size();
+	return ds_page_size; /* set at init; read on every trim point */
 }
 
 static size_t committed_pages(const struct dynstack *s)
@@ -189,6 +189,10 @@ void ds_trim_note_fault_sigsafe(struct dynstack *s, uintptr_t page)
 static uintptr_t trim_target(struct dynstack *s, uintptr_t sp)
 {
 	const struct ds_policy *p = s->policy;
+	/* Under Valgrind stacks are committed whole and must never fault
+	 * (stack.c): nothing is trimmed either. */
+	if (__builtin_expect(s->vg_id != 0, 0))
+		return 0;
 	if (!p->trim_idle || sp > s->top || sp < s->lo - s->reserve + p->margin)
 		return 0; /* trim off; running elsewhere (a dynstack_call segment); or so
 			   * deep that nothing lies below the margin */
@@ -388,6 +392,7 @@ bool ds_cache_put(struct dynstack *s)
 void ds_tl_fini(void)
 {
 	struct ds_tl *t = tl;
+	ds_shared_thread_fini(); /* first: freeing a group puts its stack in the cache */
 	ds_segment_thread_fini();
 	if (!t)
 		return;
@@ -397,4 +402,11 @@ void ds_tl_fini(void)
 	tl = NULL;
 	free(t->cache);
 	free(t);
+}
+
+void ds_cache_fork(enum ds_fork_phase ph)
+{
+	pthread_once(&depot_once, depot_init);
+	for (size_t i = 0; i <= DS_ARENA_MAX_SHIFT; i++)
+		ds_fork_lock(&depot[i].lock, ph);
 }

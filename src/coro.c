@@ -27,15 +27,28 @@ static inline int leave(struct dynstack_coro *c, int status, int ret)
 	if (parent)
 		atomic_store_explicit(&parent->status, DYNSTACK_CORO_RUNNING, memory_order_relaxed);
 	struct dynstack_group *g = c->group;
+	_Atomic int *publish = &c->status;
+	bool dead = status == DYNSTACK_CORO_DEAD;
 	if (g) {
 		/* What is published once off the stack is the group's claim:
 		 * nobody may copy over these frames before. c's status may show
 		 * first: resuming c needs the claim too. */
 		atomic_store_explicit(&c->status, status, memory_order_relaxed);
 		g->claimer = NULL;
-		return ds_ctx_switch_publish(&c->ctx, &l->caller, &g->busy, 0, ret);
+		publish = &g->busy;
+		status = 0;
 	}
-	return ds_ctx_switch_publish(&c->ctx, &l->caller, &c->status, status, ret);
+#if DS_SANITIZE
+	ds_san_release(publish);
+	ds_san_leave(dead ? NULL : &c->san, l->san.bottom, l->san.size, l->san.fiber);
+	ret = ds_ctx_switch_publish(&c->ctx, &l->caller, publish, status, ret);
+	/* Resumed, perhaps by another thread: c->link is re-read. */
+	ds_san_arrive(&c->san, &c->link->san);
+	return ret;
+#else
+	(void)dead;
+	return ds_ctx_switch_publish(&c->ctx, &l->caller, publish, status, ret);
+#endif
 }
 
 /* Out of line: coro_main's frame lives across every migration of c, so the
@@ -56,7 +69,9 @@ static __attribute__((noinline, noreturn, used)) void overflow_exit(struct dynst
 	struct dynstack *s = c->stack;
 	size_t ps = ds_os_page_size();
 	uintptr_t edge = atomic_load_explicit(&s->edge, memory_order_acquire);
-	if (edge < s->top - ps && ds_os_decommit(ds_opt.backend, edge, s->top - ps) == 0) {
+	/* Not under Valgrind: there stacks stay committed whole (stack.c). */
+	if (!s->vg_id && edge < s->top - ps &&
+	    ds_os_decommit(ds_opt.backend, edge, s->top - ps) == 0) {
 		atomic_store_explicit(&s->edge, s->top - ps, memory_order_release);
 		DS_STAT_SUB(nr_dynamic_stacks_pages, (s->top - ps - edge) / ps);
 	}
@@ -103,6 +118,9 @@ bool ds_coro_fail_redirect_sigsafe(struct dynstack *s, void *uctx)
 void ds_coro_main(void *arg)
 {
 	struct dynstack_coro *c = arg;
+#if DS_SANITIZE
+	ds_san_arrive(NULL, &c->link->san);
+#endif
 	void **top = (void **)c->stack->top;
 	dynstack_coro_fn fn = (dynstack_coro_fn)top[-2];
 	fn(top[-1]);
@@ -145,6 +163,9 @@ DYNSTACK_API int dynstack_coro_create(dynstack_coro_t **out, dynstack_coro_fn fn
 		ds_ctx_make(&c->ctx, (void *)c->stack->lo, c->stack->top - 16 - c->stack->lo,
 			    ds_coro_main, c);
 	}
+#if DS_SANITIZE
+	c->san.fiber = ds_san_fiber_create();
+#endif
 	atomic_store_explicit(&c->status, DYNSTACK_CORO_SUSPENDED, memory_order_release);
 	DS_TSTAT_ADD(nr_dynamic_stacks_coros, 1);
 	*out = c;
@@ -165,6 +186,7 @@ DYNSTACK_API int dynstack_coro_resume(dynstack_coro_t *c)
 	int st = atomic_load_explicit(&c->status, memory_order_acquire);
 	if (st != DYNSTACK_CORO_SUSPENDED)
 		return st == DYNSTACK_CORO_DEAD ? -EINVAL : -EBUSY;
+	ds_san_acquire(&c->status);
 	struct dynstack_group *g = c->group;
 	if (g) {
 		if ((rc = ds_shared_enter(c)))
@@ -180,6 +202,18 @@ DYNSTACK_API int dynstack_coro_resume(dynstack_coro_t *c)
 	struct ds_coro_link *l = c->link;
 	l->parent = parent;
 	current = c;
+#if DS_SANITIZE
+	struct dynstack *s = c->stack;
+	struct ds_san_ctx me;
+	l->san.fiber = ds_san_fiber_current();
+	ds_san_leave(&me, (const void *)(s->lo - s->reserve), s->top - (s->lo - s->reserve),
+		     c->san.fiber);
+	rc = ds_ctx_switch_publish(&l->caller, &c->ctx, NULL, 0, 0);
+	ds_san_arrive(&me, NULL);
+	if (g && (g->flags & DYNSTACK_GROUP_POISON))
+		ds_shared_after(c);
+	return rc;
+#endif
 	if (__builtin_expect(g && (g->flags & DYNSTACK_GROUP_POISON), 0)) {
 		/* Not a tail call: the frames are copied away and the stack
 		 * poisoned once c is off it. */
@@ -229,6 +263,9 @@ DYNSTACK_API int dynstack_coro_destroy(dynstack_coro_t *c)
 		return -EBUSY;
 	if (st != DYNSTACK_CORO_SUSPENDED && st != DYNSTACK_CORO_DEAD)
 		return -EINVAL;
+#if DS_SANITIZE
+	void *fiber = c->san.fiber;
+#endif
 	if (c->group) {
 		int rc = ds_shared_coro_destroy(c);
 		if (rc)
@@ -239,6 +276,9 @@ DYNSTACK_API int dynstack_coro_destroy(dynstack_coro_t *c)
 		ds_stack_release(c->stack);
 		free(c);
 	}
+#if DS_SANITIZE
+	ds_san_fiber_destroy(fiber);
+#endif
 	DS_TSTAT_SUB(nr_dynamic_stacks_coros, 1);
 	return 0;
 }

@@ -5,6 +5,7 @@
 
 #include "ctx.h"
 #include "internal.h"
+#include "sanitize.h"
 
 /* Who resumed a running coroutine and where to go back to. A private
  * coroutine has its own; the coroutines of a group share the group's, since
@@ -12,6 +13,9 @@
 struct ds_coro_link {
 	ds_ctx_t caller;	      /* the resumer's saved state, valid while it runs */
 	struct dynstack_coro *parent; /* coroutine that resumed it, or NULL */
+#if DS_SANITIZE
+	struct ds_san_ctx san; /* the resumer's stack and fiber */
+#endif
 };
 
 enum ds_coro_flags {
@@ -38,6 +42,9 @@ struct dynstack_coro {
 			uint32_t flags; /* enum ds_coro_flags */
 		} sh;
 	};
+#if DS_SANITIZE
+	struct ds_san_ctx san; /* its fake stack and fiber */
+#endif
 };
 
 struct ds_pool {
@@ -58,6 +65,8 @@ struct dynstack_group {
 	size_t saved_total;		/* bytes its coroutines hold in buffers (reports) */
 	size_t ncoros;			/* pool and ncoros: only under busy or on the owner */
 	struct ds_pool pool;
+	/* The owner thread's list of its groups, marked orphans at its exit. */
+	struct dynstack_group *owned_next, **owned_pprev;
 };
 
 /* The running thread, for group ownership: the address of one of its
@@ -81,8 +90,5 @@ DS_HIDDEN int ds_shared_coro_destroy(struct dynstack_coro *c);
 DS_HIDDEN int ds_shared_enter(struct dynstack_coro *c);
 /* Poison mode, after c switched out: copy its frames away and poison. */
 DS_HIDDEN void ds_shared_after(struct dynstack_coro *c);
-/* Thread exit: free the thread's own group, or orphan it if it still has
- * coroutines (they can then only be destroyed, from any thread). */
-DS_HIDDEN void ds_shared_thread_fini(void);
 
 #endif /* DS_CORO_H */

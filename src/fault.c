@@ -29,6 +29,13 @@ static pthread_mutex_t install_lock = PTHREAD_MUTEX_INITIALIZER;
 static DS_TLS uintptr_t spurious_page;
 static DS_TLS unsigned spurious_count;
 
+#if DS_HAVE_LIBSIGSEGV
+/* What chain_sigsafe is passing on now (depth 0: nothing), for the
+ * libsigsegv front end: libsigsegv may be the handler it passes to. */
+static DS_TLS uintptr_t passing_addr;
+static DS_TLS unsigned passing_depth;
+#endif
+
 static void on_fault(int sig, siginfo_t *si, void *uctx);
 
 static int sig_index(int sig)
@@ -138,10 +145,19 @@ static void chain_sigsafe(int sig, siginfo_t *si, void *uctx)
 		p->sa_handler = SIG_DFL;
 	}
 	ds_os_sigmask_sigsafe(SIG_SETMASK, &mask, &saved);
+#if DS_HAVE_LIBSIGSEGV
+	uintptr_t outer_addr = passing_addr;
+	passing_addr = (uintptr_t)si->si_addr;
+	passing_depth++;
+#endif
 	if (siginfo)
 		call.sa_sigaction(sig, si, uctx);
 	else
 		call.sa_handler(sig);
+#if DS_HAVE_LIBSIGSEGV
+	passing_depth--;
+	passing_addr = outer_addr;
+#endif
 	ds_os_sigmask_sigsafe(SIG_SETMASK, &saved, NULL);
 }
 
@@ -227,9 +243,13 @@ static bool frame_setup_failed_sigsafe(int sig, const siginfo_t *si, void *uctx)
 	return true;
 }
 
-static void on_fault(int sig, siginfo_t *si, void *uctx)
+/* All the handler does short of passing a fault on: true when the fault is
+ * dealt with (committed, or reported and set to kill), false when it goes to
+ * the previous handler. uctx is NULL when libsigsegv called us without our
+ * entry in front of it (see the front end below): si then holds only the
+ * fault address, and a context rewrite (overflow=fail) cannot be done. */
+static bool handle_sigsafe(int sig, siginfo_t *si, void *uctx)
 {
-	int saved_errno = errno;
 	uintptr_t addr = (uintptr_t)si->si_addr;
 	uintptr_t sp = (uintptr_t)__builtin_frame_address(0);
 	struct dynstack *s;
@@ -237,12 +257,12 @@ static void on_fault(int sig, siginfo_t *si, void *uctx)
 
 	if (__builtin_expect(sp >= ds_sync_lo && sp < ds_sync_lo + DS_SYNC_HEADROOM, 0)) {
 		sync_stack_exhausted_sigsafe(sig, si, sp);
-		goto out;
+		return true;
 	}
 
 	if (__builtin_expect(si->si_code == SI_KERNEL, 0) &&
 	    frame_setup_failed_sigsafe(sig, si, uctx))
-		goto out;
+		return true;
 	/* Only a fault the kernel raised carries a meaningful address; a
 	 * protection-key fault is never a commit matter. */
 	if (si->si_code <= 0 || si->si_code == SI_KERNEL
@@ -250,12 +270,12 @@ static void on_fault(int sig, siginfo_t *si, void *uctx)
 	    || (sig == SIGSEGV && si->si_code == SEGV_PKUERR)
 #endif
 	    || !(s = ds_arena_lookup_sigsafe(addr)))
-		goto foreign;
+		return false;
 
 	switch (ds_stack_fault_sigsafe(s, addr, &err)) {
 	case DS_FAULT_COMMITTED:
 		spurious_count = 0;
-		goto out;
+		return true;
 	case DS_FAULT_SPURIOUS: {
 		uintptr_t page = addr & ~(uintptr_t)(ds_os_page_size() - 1);
 		if (page != spurious_page) {
@@ -263,10 +283,10 @@ static void on_fault(int sig, siginfo_t *si, void *uctx)
 			spurious_count = 0;
 		}
 		if (++spurious_count <= DS_SPURIOUS_LIMIT)
-			goto out;
+			return true;
 		spurious_count = 0;
 		report_sigsafe("repeated fault on a committed page (passed on)", s, addr, 0);
-		goto foreign;
+		return false;
 	}
 	case DS_FAULT_WARNED:
 		/* overflow=warn: past the nominal size, inside the reserve. The
@@ -274,32 +294,176 @@ static void on_fault(int sig, siginfo_t *si, void *uctx)
 		report_sigsafe("warning: stack grew past its nominal size into its reserve", s,
 			       addr, 0);
 		spurious_count = 0;
-		goto out;
+		return true;
 	case DS_FAULT_OVERFLOW:
-		if (s->policy->overflow == DYNSTACK_OVERFLOW_FAIL &&
+		if (s->policy->overflow == DYNSTACK_OVERFLOW_FAIL && uctx &&
 		    ds_coro_fail_redirect_sigsafe(s, uctx)) {
 			report_sigsafe("stack overflow (overflow=fail: the coroutine is ended)", s,
 				       addr, 0);
-			goto out;
+			return true;
 		}
-		report_sigsafe("stack overflow", s, addr, 0);
+		report_sigsafe(s->policy->overflow == DYNSTACK_OVERFLOW_FAIL && !uctx ?
+				       "stack overflow (overflow=fail: libsigsegv passed no signal "
+				       "context to end the coroutine with)" :
+				       "stack overflow",
+			       s, addr, 0);
 		die_by_default_sigsafe(sig, si);
-		goto out;
+		return true;
 	case DS_FAULT_COMMIT_FAILED:
 		report_sigsafe("stack overflow: cannot commit", s, addr, err);
 		die_by_default_sigsafe(sig, si);
-		goto out;
+		return true;
 	case DS_FAULT_FOREIGN:
 		break;
 	}
-foreign:
-	chain_sigsafe(sig, si, uctx);
-out:
+	return false;
+}
+
+static void on_fault(int sig, siginfo_t *si, void *uctx)
+{
+	int saved_errno = errno;
+	if (!handle_sigsafe(sig, si, uctx))
+		chain_sigsafe(sig, si, uctx);
 	errno = saved_errno;
+}
+
+#if DS_HAVE_LIBSIGSEGV
+/* ---- the libsigsegv front end (-Dlibsigsegv; docs/signals.md)
+ *
+ * libsigsegv has one global handler per process, and calls it with the
+ * fault address alone: first with serious = 0 (it may still be a stack
+ * overflow for its stack-overflow handler), then, if declined and no
+ * stack-overflow handler took it, with serious = 1; declined again, it resets
+ * the signal to SIG_DFL and returns. We need more than the address: the
+ * siginfo (sent or raised, SI_KERNEL) and the ucontext (overflow=fail, the
+ * interrupted stack pointer, the mask and arguments for the previous
+ * handler). And libsigsegv 2.14 installs its handler without SA_ONSTACK
+ * unless a stack-overflow handler is installed, so a growth fault on a green
+ * stack would have the kernel write the signal frame into the very page that
+ * is not committed, and the process dies. So our entry, with SA_ONSTACK and
+ * our mask, goes in front of libsigsegv's: it keeps the kernel's arguments in
+ * a per-thread frame and calls libsigsegv's handler with them, which calls
+ * ours with the address. */
+struct fault_frame {
+	int sig;
+	siginfo_t *si;
+	void *uctx;
+	unsigned depth; /* passing_depth when the signal came */
+	bool declined;
+};
+static DS_TLS struct fault_frame *fault_frame;
+
+/* libsigsegv's handler for each fault signal it took (SIGSEGV alone on
+ * Linux), learned once when we took its global handler; zero otherwise. */
+static struct sigaction entry_tab[2];
+static bool front_decided;
+
+static void on_fault_libsigsegv(int sig, siginfo_t *si, void *uctx)
+{
+	int saved_errno = errno;
+	const struct sigaction *e = &entry_tab[sig_index(sig)];
+	struct fault_frame f = { .sig = sig, .si = si, .uctx = uctx, .depth = passing_depth };
+	struct fault_frame *outer = fault_frame;
+
+	fault_frame = &f;
+	if (e->sa_flags & SA_SIGINFO)
+		e->sa_sigaction(sig, si, uctx);
+	else
+		e->sa_handler(sig);
+	fault_frame = outer;
+	errno = saved_errno;
+}
+
+/* libsigsegv's global handler. A fault that is not ours is declined while
+ * serious is 0, so that a stack-overflow handler of another libsigsegv user
+ * sees it first, then passed on to the handler installed before ours, as
+ * without libsigsegv; claiming it then keeps libsigsegv from resetting the
+ * signal to SIG_DFL (which a sent SIGSEGV would otherwise do for good). */
+static int libsigsegv_handler_sigsafe(void *fault_address, int serious)
+{
+	int saved_errno = errno;
+	struct fault_frame *f = fault_frame;
+	int handled = 1;
+
+	if (f && f->depth == passing_depth) {
+		if (!f->declined && !handle_sigsafe(f->sig, f->si, f->uctx))
+			f->declined = true;
+		if (f->declined && serious)
+			chain_sigsafe(f->sig, f->si, f->uctx);
+		else if (f->declined)
+			handled = 0;
+	} else if (serious || (passing_depth && (uintptr_t)fault_address == passing_addr)) {
+		/* Declined with serious = 0 already (libsigsegv asks that way
+		 * first wherever it catches stack overflow, Linux included), or
+		 * this is the fault on_fault is passing on to libsigsegv. */
+		handled = 0;
+	} else {
+		/* libsigsegv's handler is in front again, without our entry (a
+		 * stack-overflow handler installed after us put it back): the
+		 * address is all we have. */
+		siginfo_t si;
+		memset(&si, 0, sizeof(si));
+		si.si_signo = SIGSEGV;
+		si.si_code = SEGV_MAPERR; /* a fault the kernel raised, as far as we know */
+		si.si_addr = fault_address;
+		handled = handle_sigsafe(SIGSEGV, &si, NULL);
+		if (!handled)
+			DS_STAT_ADD(nr_dynamic_stacks_foreign, 1);
+	}
+	errno = saved_errno;
+	return handled;
+}
+
+/* Once, at the first install: take libsigsegv's global handler, unless
+ * another libsigsegv user's handler is installed already. libsigsegv would
+ * drop that one without a trace (sigsegv_install_handler replaces the global
+ * handler), so we stay in front of it instead and pass it what is not ours,
+ * as the build without libsigsegv does. Later installs never call libsigsegv
+ * again: sigsegv_install_handler briefly installs its handler without
+ * SA_ONSTACK, fatal to a growth fault on another thread meanwhile. */
+static int front_decide(const struct sigaction cur[2])
+{
+	if (front_decided)
+		return 0;
+	for (int i = 0; i < 2; i++)
+		if (ds_os_libsigsegv_entry(&cur[i])) {
+			front_decided = true;
+			return 0;
+		}
+	int rc = ds_os_libsigsegv_install(libsigsegv_handler_sigsafe);
+	for (int i = 0; i < 2 && !rc; i++) {
+		struct sigaction now;
+		if (!(rc = ds_os_sigaction(fault_signals[i], NULL, &now)) &&
+		    ds_os_libsigsegv_entry(&now))
+			entry_tab[i] = now;
+	}
+	front_decided = !rc;
+	return rc;
+}
+#endif
+
+/* Our entry for signal index i, which has cur installed now. */
+static void (*entry_for(int i, const struct sigaction *cur))(int, siginfo_t *, void *)
+{
+#if DS_HAVE_LIBSIGSEGV
+	/* In front of libsigsegv's handler if we hold its global handler, but
+	 * not when that handler itself is installed (a later libsigsegv user):
+	 * then we pass it what is not ours. */
+	if (entry_tab[i].sa_sigaction && !ds_os_libsigsegv_entry(cur))
+		return on_fault_libsigsegv;
+#else
+	(void)i;
+	(void)cur;
+#endif
+	return on_fault;
 }
 
 static bool is_ours(const struct sigaction *sa)
 {
+#if DS_HAVE_LIBSIGSEGV
+	if ((sa->sa_flags & SA_SIGINFO) && sa->sa_sigaction == on_fault_libsigsegv)
+		return true;
+#endif
 	return (sa->sa_flags & SA_SIGINFO) && sa->sa_sigaction == on_fault;
 }
 
@@ -314,7 +478,7 @@ bool ds_fault_installed(void)
 
 int ds_fault_install(void)
 {
-	struct sigaction act, cur;
+	struct sigaction act, cur[2];
 	int rc = 0;
 
 	memset(&act, 0, sizeof(act));
@@ -330,20 +494,33 @@ int ds_fault_install(void)
 	int next = !atomic_load_explicit(&prev_cur, memory_order_relaxed);
 	bool replace[2] = { false, false };
 	memcpy(prev_tab[next], prev_tab[!next], sizeof(prev_tab[next]));
+	memset(cur, 0, sizeof(cur));
 	for (int i = 0; i < 2 && !rc; i++) {
-		if ((rc = ds_os_sigaction(fault_signals[i], NULL, &cur)) || is_ours(&cur))
+		if ((rc = ds_os_sigaction(fault_signals[i], NULL, &cur[i])) || is_ours(&cur[i]))
 			continue;
-		prev_tab[next][i] = cur;
+		prev_tab[next][i] = cur[i];
 		replace[i] = true;
 	}
+#if DS_HAVE_LIBSIGSEGV
+	if (!rc)
+		rc = front_decide(cur);
+#endif
 	if (!rc && (replace[0] || replace[1])) {
 		atomic_store_explicit(&prev_cur, next, memory_order_release);
-		for (int i = 0; i < 2 && !rc; i++)
-			if (replace[i])
-				rc = ds_os_sigaction(fault_signals[i], &act, NULL);
+		for (int i = 0; i < 2 && !rc; i++) {
+			if (!replace[i])
+				continue;
+			act.sa_sigaction = entry_for(i, &cur[i]);
+			rc = ds_os_sigaction(fault_signals[i], &act, NULL);
+		}
 	}
 	pthread_mutex_unlock(&install_lock);
 	return rc;
+}
+
+void ds_fault_fork(enum ds_fork_phase ph)
+{
+	ds_fork_lock(&install_lock, ph);
 }
 
 /* ---- async signals off green stacks (the arm64 IRQ-stack analogue) */

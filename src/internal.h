@@ -115,6 +115,9 @@ DS_HIDDEN int ds_os_map_guarded(size_t size, void **out);
 DS_HIDDEN void ds_os_unmap_guarded(void *p, size_t size);
 /* Probe MADV_GUARD_INSTALL once; true when the kernel has guard regions. */
 DS_HIDDEN bool ds_os_guard_supported(void);
+/* The process's mappings (lines of /proc/self/maps) and vm.max_map_count;
+ * false when /proc cannot tell. Not for the handler. */
+DS_HIDDEN bool ds_os_map_count(long *count, long *max);
 /* Make a fresh PROT_NONE range of an arena ready for the backend: the guard
  * backend maps it RW and covers it with guard markers. */
 DS_HIDDEN int ds_os_prepare(dynstack_backend_t be, uintptr_t lo, uintptr_t hi);
@@ -129,7 +132,20 @@ DS_HIDDEN int ds_os_sigaction(int sig, const struct sigaction *act, struct sigac
 DS_HIDDEN int ds_os_sigmask_sigsafe(int how, const sigset_t *set, sigset_t *old);
 DS_HIDDEN int ds_os_sigaltstack(const stack_t *ss, stack_t *old);
 DS_HIDDEN int ds_os_raise_sigsafe(int sig);
+#if DS_HAVE_LIBSIGSEGV
+/* -Dlibsigsegv: make handler libsigsegv's global SIGSEGV handler
+ * (sigsegv_install_handler); 0 or -ENOTSUP. */
+DS_HIDDEN int ds_os_libsigsegv_install(int (*handler)(void *fault_address, int serious));
+/* sa's handler is libsigsegv's own, installed by any of its install calls. */
+DS_HIDDEN bool ds_os_libsigsegv_entry(const struct sigaction *sa);
+#endif
 DS_HIDDEN bool ds_os_on_valgrind(void);
+/* Valgrind's stack registry: a handle (its id + 1), or 0 when not running
+ * under it. */
+DS_HIDDEN unsigned ds_os_valgrind_stack_register(uintptr_t lo, uintptr_t hi);
+DS_HIDDEN void ds_os_valgrind_stack_deregister(unsigned id);
+/* Tell memcheck that [lo, lo + n) may be written (its old bytes are dead). */
+DS_HIDDEN void ds_os_valgrind_make_writable(uintptr_t lo, size_t n);
 
 /* ---- arena.c: slots and the address -> slot map */
 /* The stack whose slot contains addr, or NULL. Lock-free, O(1). */
@@ -186,6 +202,10 @@ DS_HIDDEN void ds_stack_discard(struct dynstack *s, uintptr_t edge);
 /* Per-thread state (trim queue, cache), made by ds_thread_init_slow. */
 DS_HIDDEN int ds_tl_init(void);
 DS_HIDDEN void ds_tl_fini(void);
+/* shared.c: at thread exit, orphan the thread's groups (their coroutines
+ * can then only be destroyed, from any thread) and free its own group if it
+ * is empty. */
+DS_HIDDEN void ds_shared_thread_fini(void);
 /* segment.c: release the segment this thread keeps for its next crossing. */
 DS_HIDDEN void ds_segment_thread_fini(void);
 /* A trim point on the thread running s, at stack pointer sp, before it
@@ -227,5 +247,31 @@ DS_HIDDEN void dynstack_policy_set_interned(const struct ds_policy *p);
 
 /* ---- init (stack.c): implicit dynstack_init(NULL) */
 DS_HIDDEN int ds_init_once(void);
+
+/* ---- fork (stack.c): one pthread_atfork handler, registered at init, takes
+ * every lock of the library before fork and releases them after, in parent
+ * and child: the child has only the forking thread, and a lock some other
+ * thread held would stay held in it for ever. One handler, so that the locks
+ * are taken in the library's order: init, install (fault.c), policy, trace,
+ * stats, arena, cache. Each module with a lock has its ds_<module>_fork. */
+enum ds_fork_phase {
+	DS_FORK_PREPARE,
+	DS_FORK_PARENT,
+	DS_FORK_CHILD,
+};
+static inline void ds_fork_lock(pthread_mutex_t *m, enum ds_fork_phase ph)
+{
+	if (ph == DS_FORK_PREPARE)
+		pthread_mutex_lock(m);
+	else
+		pthread_mutex_unlock(m);
+}
+DS_HIDDEN void ds_fork_register(void);
+DS_HIDDEN void ds_fault_fork(enum ds_fork_phase ph);
+DS_HIDDEN void ds_policy_fork(enum ds_fork_phase ph);
+DS_HIDDEN void ds_trace_fork(enum ds_fork_phase ph); /* trace.c */
+DS_HIDDEN void ds_stats_fork(enum ds_fork_phase ph);
+DS_HIDDEN void ds_arena_fork(enum ds_fork_phase ph);
+DS_HIDDEN void ds_cache_fork(enum ds_fork_phase ph);
 
 #endif /* DS_INTERNAL_H */

@@ -28,12 +28,13 @@ DYNSTACK_API int dynstack_config_init(dynstack_config_t *cfg)
 }
 
 /* Parse a byte count with an optional k/K/m/M/g/G suffix. The whole string
- * must be consumed: "16x" is an error, not 16. */
+ * must be consumed: "16x" is an error, not 16. It starts with a digit:
+ * strtoull would also take leading blanks, a sign, or "-1" as 2^64 - 1. */
 static int parse_size(const char *s, size_t *out)
 {
 	char *end;
 	errno = 0;
-	if (!*s || *s == '-')
+	if (*s < '0' || *s > '9')
 		return -EINVAL;
 	unsigned long long v = strtoull(s, &end, 10);
 	if (errno || end == s)
@@ -90,22 +91,28 @@ int ds_options_from_env(dynstack_config_t *cfg)
 					 "a byte count like 16384 or 64k, <= 1G");
 		cfg->default_size = sz;
 	}
+	/* The ranges are ds_options_validate's: a value accepted here must not
+	 * make dynstack_init fail without saying which variable was wrong. */
 	static const struct {
 		const char *name;
-		size_t offset, max;
+		size_t offset, min, max;
+		const char *expect;
 	} counts[] = {
-		{ "DYNSTACK_CACHE", offsetof(dynstack_config_t, cache_stacks), 4096 },
-		{ "DYNSTACK_CACHE_PAGES", offsetof(dynstack_config_t, cache_pages),
-		  (size_t)1 << 30 },
-		{ "DYNSTACK_TRIM_BATCH", offsetof(dynstack_config_t, trim_batch), (size_t)1 << 20 },
+		{ "DYNSTACK_CACHE", offsetof(dynstack_config_t, cache_stacks), 0, 4096,
+		  "a count, 0 to 4096" },
+		{ "DYNSTACK_CACHE_PAGES", offsetof(dynstack_config_t, cache_pages), 0,
+		  (size_t)1 << 30, "a count of pages, 0 to 1073741824" },
+		{ "DYNSTACK_TRIM_BATCH", offsetof(dynstack_config_t, trim_batch), 1,
+		  (size_t)1 << 20, "a count of pages, 1 to 1048576" },
 	};
 	for (size_t i = 0; i < sizeof(counts) / sizeof(counts[0]); i++) {
 		if ((v = getenv(counts[i].name)) && *v) {
 			char *end;
 			errno = 0;
 			unsigned long long n = strtoull(v, &end, 10);
-			if (errno || *end || *v == '-' || n > counts[i].max)
-				return env_error(counts[i].name, v, "a count, 0 or more");
+			if (*v < '0' || *v > '9' || errno || *end || n < counts[i].min ||
+			    n > counts[i].max)
+				return env_error(counts[i].name, v, counts[i].expect);
 			*(size_t *)((char *)cfg + counts[i].offset) = (size_t)n;
 		}
 	}

@@ -1,6 +1,6 @@
 /* The port layer: every mmap, mprotect, madvise, sigaction and sigaltstack
- * of the library is here. Calls marked _sigsafe are plain syscalls the
- * fault handler may make. */
+ * of the library is here, and with -Dlibsigsegv every libsigsegv call. Calls
+ * marked _sigsafe are plain syscalls the fault handler may make. */
 #include <errno.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -9,9 +9,15 @@
 #include <unistd.h>
 
 #if DS_HAVE_VALGRIND_H
+#include <valgrind/memcheck.h>
 #include <valgrind/valgrind.h>
 #endif
+#if DS_HAVE_LIBSIGSEGV
+#include <dlfcn.h>
+#include <sigsegv.h>
+#endif
 
+#include "inject.h"
 #include "internal.h"
 
 /* Guard regions (Linux 6.13): markers in the page tables that fault like
@@ -35,6 +41,7 @@ size_t ds_os_page_size(void)
 
 int ds_os_reserve(size_t size, size_t align, void **out)
 {
+	DS_INJECT(DS_INJ_RESERVE);
 	/* Over-reserve by align and trim both ends: mmap has no alignment flag. */
 	size_t len = size + align;
 	if (len < size)
@@ -53,7 +60,9 @@ int ds_os_reserve(size_t size, size_t align, void **out)
 	return 0;
 }
 
-int ds_os_map_rw(size_t size, void **out)
+/* ds_os_map_rw without its injection point: map_guarded and the guard
+ * probe have their own (or none). */
+static int map_rw(size_t size, void **out)
 {
 	void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
 		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -61,6 +70,12 @@ int ds_os_map_rw(size_t size, void **out)
 		return -errno;
 	*out = p;
 	return 0;
+}
+
+int ds_os_map_rw(size_t size, void **out)
+{
+	DS_INJECT(DS_INJ_MAP);
+	return map_rw(size, out);
 }
 
 void ds_os_unmap(void *p, size_t size)
@@ -72,7 +87,8 @@ int ds_os_map_guarded(size_t size, void **out)
 {
 	size_t ps = ds_os_page_size();
 	void *p = NULL;
-	int rc = ds_os_map_rw(size + ps, &p);
+	DS_INJECT(DS_INJ_SYNC_MAP);
+	int rc = map_rw(size + ps, &p);
 	if (rc)
 		return rc;
 	if (mprotect(p, ps, PROT_NONE)) {
@@ -94,7 +110,7 @@ bool ds_os_guard_supported(void)
 {
 	size_t ps = ds_os_page_size();
 	void *p = NULL;
-	if (ds_os_map_rw(2 * ps, &p))
+	if (map_rw(2 * ps, &p))
 		return false;
 	bool ok = madvise(p, ps, MADV_GUARD_INSTALL) == 0;
 	if (ok) {
@@ -113,8 +129,49 @@ bool ds_os_guard_supported(void)
 	return ok;
 }
 
+/* Lines of a /proc file (count) or its leading number (!count); -1 if
+ * unreadable. open/read only: no stdio, no allocation. */
+static long proc_read(const char *path, bool count)
+{
+	char buf[4096];
+	long n = 0;
+	ssize_t got;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	while ((got = read(fd, buf, sizeof(buf))) != 0) {
+		if (got < 0) {
+			if (errno == EINTR)
+				continue;
+			n = -1;
+			break;
+		}
+		for (ssize_t i = 0; i < got; i++) {
+			if (count)
+				n += buf[i] == '\n';
+			else if (buf[i] >= '0' && buf[i] <= '9')
+				n = n * 10 + (buf[i] - '0');
+			else
+				goto out;
+		}
+	}
+out:
+	close(fd);
+	return n;
+}
+
+bool ds_os_map_count(long *count, long *max)
+{
+	/* Reading the maps of a process near the limit takes a few ms: callers
+	 * do it on a failure path only. */
+	*max = proc_read("/proc/sys/vm/max_map_count", false);
+	*count = proc_read("/proc/self/maps", true);
+	return *max > 0 && *count >= 0;
+}
+
 int ds_os_prepare(dynstack_backend_t be, uintptr_t lo, uintptr_t hi)
 {
+	DS_INJECT(DS_INJ_PREPARE);
 	if (be != DYNSTACK_BACKEND_GUARD)
 		return 0; /* mprotect: the reservation is already PROT_NONE */
 	/* RW first (merges with the prepared prefix: one VMA), then markers on
@@ -132,6 +189,7 @@ int ds_os_prepare(dynstack_backend_t be, uintptr_t lo, uintptr_t hi)
 int ds_os_commit_sigsafe(dynstack_backend_t be, uintptr_t lo, uintptr_t hi)
 {
 	int rc;
+	DS_INJECT(DS_INJ_COMMIT);
 	if (be == DYNSTACK_BACKEND_GUARD)
 		rc = madvise((void *)lo, hi - lo, MADV_GUARD_REMOVE);
 	else
@@ -141,22 +199,43 @@ int ds_os_commit_sigsafe(dynstack_backend_t be, uintptr_t lo, uintptr_t hi)
 
 int ds_os_populate_sigsafe(uintptr_t lo, uintptr_t hi)
 {
+	DS_INJECT(DS_INJ_POPULATE);
 	return madvise((void *)lo, hi - lo, MADV_POPULATE_WRITE) ? -errno : 0;
 }
 
+/* On failure the range is left accessible, as committed as before: every
+ * caller keeps its edge when this fails, and a page below the edge that
+ * faults would be retried as spurious until the handler gives up. Its
+ * contents may be gone: callers only decommit what no frame uses. The
+ * injected failure comes after the call, so that the undo is what a test
+ * exercises. */
 int ds_os_decommit(dynstack_backend_t be, uintptr_t lo, uintptr_t hi)
 {
+	int rc;
 	if (be == DYNSTACK_BACKEND_GUARD) {
 		/* Installing a marker zaps the page under it: one call frees the
-		 * memory and makes the range fault again. */
-		return madvise((void *)lo, hi - lo, MADV_GUARD_INSTALL) ? -errno : 0;
+		 * memory and makes the range fault again. It works page by page,
+		 * so a failure may leave some pages marked. */
+		rc = madvise((void *)lo, hi - lo, MADV_GUARD_INSTALL) ? -errno : 0;
+		if (!rc)
+			rc = DS_INJECTED(DS_INJ_DECOMMIT);
+		if (rc)
+			madvise((void *)lo, hi - lo, MADV_GUARD_REMOVE);
+		return rc;
 	}
 	/* PROT_NONE first: [lo, hi) is exactly one RW VMA between PROT_NONE
 	 * neighbours (a floor page always separates stacks), so this merges and
-	 * can never fail on vm.max_map_count; then free the pages. */
+	 * can never fail on vm.max_map_count; then free the pages. MADV_DONTNEED
+	 * refuses locked memory (mlockall(MCL_FUTURE)): back to RW then, which
+	 * splits the VMAs again as they were before this call. */
 	if (mprotect((void *)lo, hi - lo, PROT_NONE))
 		return -errno;
-	return madvise((void *)lo, hi - lo, MADV_DONTNEED) ? -errno : 0;
+	rc = madvise((void *)lo, hi - lo, MADV_DONTNEED) ? -errno : 0;
+	if (!rc)
+		rc = DS_INJECTED(DS_INJ_DECOMMIT);
+	if (rc)
+		mprotect((void *)lo, hi - lo, PROT_READ | PROT_WRITE);
+	return rc;
 }
 
 int ds_os_sigaction(int sig, const struct sigaction *act, struct sigaction *old)
@@ -171,6 +250,8 @@ int ds_os_sigmask_sigsafe(int how, const sigset_t *set, sigset_t *old)
 
 int ds_os_sigaltstack(const stack_t *ss, stack_t *old)
 {
+	if (ss) /* a query cannot fail: inject where one is installed */
+		DS_INJECT(DS_INJ_SIGALTSTACK);
 	return sigaltstack(ss, old) ? -errno : 0;
 }
 
@@ -180,6 +261,26 @@ int ds_os_raise_sigsafe(int sig)
 	return syscall(SYS_tgkill, getpid(), (pid_t)syscall(SYS_gettid), sig) ? -errno : 0;
 }
 
+#if DS_HAVE_LIBSIGSEGV
+int ds_os_libsigsegv_install(int (*handler)(void *fault_address, int serious))
+{
+	/* -1 only where libsigsegv cannot catch SIGSEGV at all. */
+	return sigsegv_install_handler(handler) ? -ENOTSUP : 0;
+}
+
+bool ds_os_libsigsegv_entry(const struct sigaction *sa)
+{
+	/* libsigsegv's handler is a static function: no name to compare, but
+	 * it lies in the object that defines sigsegv_install_handler. */
+	void *fn = (sa->sa_flags & SA_SIGINFO) ? (void *)sa->sa_sigaction : (void *)sa->sa_handler;
+	Dl_info in, lib;
+	if (fn == (void *)SIG_DFL || fn == (void *)SIG_IGN)
+		return false;
+	return dladdr(fn, &in) && dladdr((void *)sigsegv_install_handler, &lib) &&
+	       in.dli_fbase == lib.dli_fbase;
+}
+#endif
+
 bool ds_os_on_valgrind(void)
 {
 #if DS_HAVE_VALGRIND_H
@@ -187,4 +288,35 @@ bool ds_os_on_valgrind(void)
 #else
 	return false;
 #endif
+}
+
+unsigned ds_os_valgrind_stack_register(uintptr_t lo, uintptr_t hi)
+{
+#if DS_HAVE_VALGRIND_H
+	/* Valgrind tells a stack switch from a big frame by the distance the
+	 * stack pointer moves; a registered stack makes it sure. */
+	if (RUNNING_ON_VALGRIND)
+		return VALGRIND_STACK_REGISTER(lo, hi) + 1; /* its ids start at 0 */
+#endif
+	(void)lo;
+	(void)hi;
+	return 0;
+}
+
+void ds_os_valgrind_stack_deregister(unsigned id)
+{
+#if DS_HAVE_VALGRIND_H
+	if (id)
+		VALGRIND_STACK_DEREGISTER(id - 1);
+#endif
+	(void)id;
+}
+
+void ds_os_valgrind_make_writable(uintptr_t lo, size_t n)
+{
+#if DS_HAVE_VALGRIND_H
+	VALGRIND_MAKE_MEM_UNDEFINED(lo, n);
+#endif
+	(void)lo;
+	(void)n;
 }

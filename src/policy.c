@@ -437,6 +437,11 @@ static bool name_ok(const char *name)
 	return true;
 }
 
+void ds_policy_fork(enum ds_fork_phase ph)
+{
+	ds_fork_lock(&policy_lock, ph);
+}
+
 DYNSTACK_API int dynstack_policy_register(const dynstack_policy_t *policy)
 {
 	if (!policy || policy->struct_size != sizeof(*policy) || !policy->grow)

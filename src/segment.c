@@ -14,6 +14,7 @@
 
 #include "internal.h"
 #include "policy.h"
+#include "sanitize.h"
 
 /* A segment holds the request plus this much, for fn's own frames and for
  * the library calls it makes before it uses the bytes it asked for. */
@@ -179,6 +180,44 @@ static inline __attribute__((always_inline)) uintptr_t stack_pointer(void)
 	return sp;
 }
 
+#if DS_ASAN
+/* ASan must hear of both crossings, the second one from the segment. Both
+ * are announced by cleanups, which also run when a C++ exception unwinds
+ * through the crossing: the first on the segment, the second once the
+ * unwinder has moved the stack pointer back to the caller's stack, the
+ * order the fiber API wants. */
+struct annotated_call {
+	void *(*fn)(void *);
+	void *arg;
+	struct ds_san_ctx back; /* the caller's stack */
+};
+
+static void leave_segment(struct annotated_call **a)
+{
+	ds_san_leave(NULL, (*a)->back.bottom, (*a)->back.size, NULL);
+}
+
+static void back_from_segment(struct ds_san_ctx *me)
+{
+	ds_san_arrive(me, NULL);
+}
+
+static void *annotated_entry(void *p)
+{
+	struct annotated_call *a __attribute__((cleanup(leave_segment))) = p;
+	ds_san_arrive(NULL, &a->back);
+	return a->fn(a->arg);
+}
+
+static void *call_annotated(struct dynstack *seg, void *(*fn)(void *), void *arg)
+{
+	struct annotated_call a = { .fn = fn, .arg = arg };
+	struct ds_san_ctx me __attribute__((cleanup(back_from_segment)));
+	ds_san_leave(&me, (const void *)seg->lo, seg->top - seg->lo, NULL);
+	return ds_call_on_stack((void *)seg->top, annotated_entry, &a);
+}
+#endif
+
 static __attribute__((noinline)) void *call_on_segment(size_t need, void *(*fn)(void *), void *arg)
 {
 	/* Power-of-two sizes, so that segments of similar needs share a size
@@ -221,7 +260,11 @@ static __attribute__((noinline)) void *call_on_segment(size_t need, void *(*fn)(
 	seg->caller_sp = stack_pointer() - 64;
 	ds_coro_segment_push(seg);
 	DS_STAT_ADD(nr_dynamic_stacks_segments, 1);
+#if DS_ASAN
+	return call_annotated(seg, fn, arg);
+#else
 	return ds_call_on_stack((void *)seg->top, fn, arg);
+#endif
 }
 
 DYNSTACK_API void *dynstack_call(size_t need, void *(*fn)(void *), void *arg)

@@ -18,10 +18,18 @@
 #define POOL_MAX 512	      /* larger blocks come from malloc */
 #define POOL_SLAB (64u << 10) /* slabs come from malloc too */
 #define FRESH_BYTES (2 * sizeof(void *))
+/* A new coroutine's save buffer: enough for a shallow coroutine's first
+ * save (the library's own frames are some 120 bytes), so that the common
+ * case never reallocates, and allocated right after the coroutine object:
+ * the two are adjacent in memory, which a resume walking many coroutines
+ * in creation order streams through. */
+#define FIRST_BUFFER 128
 #define POISON_BYTE 0xdb
 
-/* The calling thread's own group (attr.group == NULL). */
+/* The calling thread's own group (attr.group == NULL), and all the groups
+ * it owns (its own included). */
 static DS_TLS struct dynstack_group *own_group;
+static DS_TLS struct dynstack_group *owned;
 static DS_TLS char token_anchor;
 
 const void *ds_thread_token(void)
@@ -119,6 +127,7 @@ static inline __attribute__((always_inline)) int claim(struct dynstack_group *g,
 	if (!atomic_compare_exchange_strong_explicit(&g->busy, &idle, 1, memory_order_acquire,
 						     memory_order_relaxed))
 		return -EBUSY;
+	ds_san_acquire(&g->busy); /* released by a switch, in assembly */
 	g->claimer = me;
 	*claimed = true;
 	return 0;
@@ -160,8 +169,15 @@ static int group_make(struct dynstack_group **out, const dynstack_attr_t *attr, 
 	if (ds_opt.shared_poison)
 		flags |= DYNSTACK_GROUP_POISON;
 	g->flags = flags;
-	g->owner = flags & DYNSTACK_GROUP_ANY_THREAD ? NULL : ds_thread_token();
 	g->thread_own = thread_own;
+	if (!(flags & DYNSTACK_GROUP_ANY_THREAD)) {
+		g->owner = ds_thread_token();
+		g->owned_next = owned;
+		g->owned_pprev = &owned;
+		if (owned)
+			owned->owned_pprev = &g->owned_next;
+		owned = g;
+	}
 	DS_TSTAT_ADD(nr_shared_groups, 1);
 	*out = g;
 	return 0;
@@ -169,6 +185,11 @@ static int group_make(struct dynstack_group **out, const dynstack_attr_t *attr, 
 
 static void group_free(struct dynstack_group *g)
 {
+	if (g->owned_pprev) { /* still on its (living) owner's list */
+		*g->owned_pprev = g->owned_next;
+		if (g->owned_next)
+			g->owned_next->owned_pprev = g->owned_pprev;
+	}
 	g->stack->coro = NULL;
 	ds_stack_release(g->stack);
 	pool_fini(&g->pool);
@@ -211,17 +232,44 @@ DYNSTACK_API dynstack_t *dynstack_group_stack(const dynstack_group_t *g)
 
 void ds_shared_thread_fini(void)
 {
-	struct dynstack_group *g = own_group;
-	if (!g)
-		return;
+	/* The thread's token (a thread-local address) is handed to a later
+	 * thread: its groups must not look like that thread's. */
+	struct dynstack_group *g = owned;
+	owned = NULL;
 	own_group = NULL;
-	if (g->ncoros == 0)
-		group_free(g);
-	else
-		g->owner = DS_OWNER_GONE; /* freed with its last coroutine */
+	while (g) {
+		struct dynstack_group *next = g->owned_next;
+		g->owned_next = NULL;
+		g->owned_pprev = NULL;
+		if (g->thread_own && g->ncoros == 0) {
+			group_free(g);
+		} else {
+			/* Release: a thread that claims the orphan sees all that
+			 * the owner did to it. */
+			g->owner = DS_OWNER_GONE;
+			atomic_store_explicit(&g->busy, 0, memory_order_release);
+		}
+		g = next;
+	}
 }
 
 /* ---- coroutines */
+
+/* Frames abandoned on the shared stack (a dead or destroyed coroutine's):
+ * ASan still marks their redzones, which the next coroutine would hit. */
+static void forget_frames(struct dynstack *s)
+{
+	uintptr_t edge = atomic_load_explicit(&s->edge, memory_order_acquire);
+	ds_san_unpoison((const void *)edge, s->top - edge);
+}
+
+/* Under Valgrind, the bytes a copy-in writes: memcheck takes the shared stack
+ * below the last stack pointer it saw there for unaddressable. */
+static inline void copy_target_valgrind(const struct dynstack *s, uintptr_t lo, size_t n)
+{
+	if (__builtin_expect(s->vg_id != 0, 0))
+		ds_os_valgrind_make_writable(lo, n);
+}
 
 static void stat_buffer(long delta)
 {
@@ -256,10 +304,10 @@ int ds_shared_coro_create(struct dynstack_coro **out, const dynstack_attr_t *att
 	if ((rc = claim(g, true, false, &claimed)))
 		return rc;
 	struct dynstack_coro *c = pool_alloc(&g->pool, block_size(sizeof(*c)));
-	void **image = pool_alloc(&g->pool, FRESH_BYTES);
+	void **image = pool_alloc(&g->pool, FIRST_BUFFER);
 	if (!c || !image) {
 		pool_free(&g->pool, c, block_size(sizeof(*c)));
-		pool_free(&g->pool, image, FRESH_BYTES);
+		pool_free(&g->pool, image, FIRST_BUFFER);
 		if (claimed)
 			release(g);
 		return -ENOMEM;
@@ -273,13 +321,13 @@ int ds_shared_coro_create(struct dynstack_coro **out, const dynstack_attr_t *att
 	image[0] = (void *)fn;
 	image[1] = arg;
 	c->sh.buf = image;
-	c->sh.cap = FRESH_BYTES;
+	c->sh.cap = FIRST_BUFFER;
 	c->sh.flags = DS_CORO_FRESH;
 	c->saved = FRESH_BYTES;
 	c->stack = g->stack;
 	c->group = g;
 	c->link = &g->link;
-	stat_buffer(FRESH_BYTES);
+	stat_buffer(FIRST_BUFFER);
 	note_saved(g, FRESH_BYTES);
 	*out = c;
 	return 0;
@@ -294,8 +342,11 @@ int ds_shared_coro_destroy(struct dynstack_coro *c)
 		return rc;
 	ds_coro_drop_segments(c);
 	atomic_store_explicit(&c->status, 0, memory_order_relaxed);
-	if (g->on_stack == c)
+	if (g->on_stack == c) {
 		g->on_stack = NULL; /* its frames there are abandoned */
+		g->stack->coro = NULL;
+		forget_frames(g->stack);
+	}
 	note_saved(g, -(long)c->saved);
 	stat_buffer(-(long)c->sh.cap);
 	pool_free(&g->pool, c->sh.buf, c->sh.cap);
@@ -373,6 +424,8 @@ static inline __attribute__((always_inline)) int copy_out(struct dynstack_group 
 	*n = 0;
 	if (atomic_load_explicit(&o->status, memory_order_relaxed) == DYNSTACK_CORO_DEAD) {
 		g->on_stack = NULL; /* nothing to keep; its buffer goes too */
+		g->stack->coro = NULL;
+		forget_frames(g->stack);
 		stat_buffer(-(long)o->sh.cap);
 		pool_free(&g->pool, o->sh.buf, o->sh.cap);
 		o->sh.buf = NULL;
@@ -384,10 +437,12 @@ static inline __attribute__((always_inline)) int copy_out(struct dynstack_group 
 	int rc = fit_buffer(g, o, len);
 	if (rc)
 		return rc;
+	ds_san_unpoison((const void *)lo, len);
 	memcpy(o->sh.buf, (const void *)lo, len);
 	o->saved = (uint32_t)len;
 	g->saved_total += len;
 	g->on_stack = NULL;
+	g->stack->coro = NULL;
 	*n = len;
 	return 0;
 }
@@ -404,6 +459,7 @@ static inline __attribute__((always_inline)) int copy_in(struct dynstack_group *
 		 * at most (a ucontext trampoline's). */
 		if ((rc = commit_down_to(s, s->top - 1024)))
 			return rc;
+		copy_target_valgrind(s, s->top - 1024, 1024);
 		void **top = (void **)s->top, **image = c->sh.buf;
 		top[-2] = image[0];
 		top[-1] = image[1];
@@ -413,6 +469,8 @@ static inline __attribute__((always_inline)) int copy_in(struct dynstack_group *
 		uintptr_t lo = s->top - c->saved;
 		if ((rc = commit_down_to(s, lo)))
 			return rc;
+		ds_san_unpoison((const void *)lo, c->saved);
+		copy_target_valgrind(s, lo, c->saved);
 		memcpy((void *)lo, c->sh.buf, c->saved);
 		*n = c->saved;
 	}
@@ -468,6 +526,8 @@ void ds_shared_after(struct dynstack_coro *c)
 	if (g->on_stack == c && copy_out(g, c, &out) == 0) {
 		note_copies(out, 0, 0);
 		uintptr_t edge = atomic_load_explicit(&s->edge, memory_order_acquire);
+		ds_san_unpoison((const void *)edge, s->top - edge);
+		copy_target_valgrind(s, edge, s->top - edge);
 		memset((void *)edge, POISON_BYTE, s->top - edge);
 	}
 	release(g);

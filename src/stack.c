@@ -36,6 +36,52 @@ static void print_stats_at_exit(void)
 	dynstack_stats_print(STDERR_FILENO);
 }
 
+/* fork (internal.h): every lock, in the library's lock order. Without it a
+ * child forked while another thread interned a policy, took a slot or
+ * touched the depot waited for ever at its first create. */
+static void fork_prepare(void)
+{
+	pthread_mutex_lock(&init_lock);
+	ds_fault_fork(DS_FORK_PREPARE);
+	ds_policy_fork(DS_FORK_PREPARE);
+	ds_trace_fork(DS_FORK_PREPARE);
+	ds_stats_fork(DS_FORK_PREPARE);
+	ds_arena_fork(DS_FORK_PREPARE);
+	ds_cache_fork(DS_FORK_PREPARE);
+}
+
+static void fork_release(enum ds_fork_phase ph)
+{
+	ds_cache_fork(ph);
+	ds_arena_fork(ph);
+	ds_stats_fork(ph);
+	ds_trace_fork(ph);
+	ds_policy_fork(ph);
+	ds_fault_fork(ph);
+	pthread_mutex_unlock(&init_lock);
+}
+
+static void fork_parent(void)
+{
+	fork_release(DS_FORK_PARENT);
+}
+
+static void fork_child(void)
+{
+	fork_release(DS_FORK_CHILD);
+}
+
+static void fork_once(void)
+{
+	pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+void ds_fork_register(void)
+{
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
+	pthread_once(&once, fork_once);
+}
+
 static int resolve_backend(dynstack_backend_t want, dynstack_backend_t *out)
 {
 	bool guard = ds_os_guard_supported();
@@ -54,6 +100,7 @@ DYNSTACK_API int dynstack_init(const dynstack_config_t *cfg)
 	dynstack_backend_t be;
 	int rc;
 
+	ds_fork_register();
 	if (cfg) {
 		if (cfg->struct_size != sizeof(c))
 			return -EINVAL;
@@ -154,6 +201,36 @@ static size_t page_round(size_t v)
 	return (v + ps - 1) & ~(ps - 1);
 }
 
+/* A create refused with -ENOMEM by vm.max_map_count: the mprotect backend
+ * takes two mappings per stack (its committed top and the floor below), so
+ * it stops near 32,000 stacks at the default of 65,530, and -ENOMEM alone
+ * does not say why. Say it once per process, with the remedy. Costs a read
+ * of /proc/self/maps per failed create until then (a few ms near the
+ * limit, where it prints and stops). */
+static int explain_enomem(int rc)
+{
+	static _Atomic bool told;
+	long count, max;
+	if (rc != -ENOMEM || atomic_load_explicit(&told, memory_order_relaxed) ||
+	    !ds_os_map_count(&count, &max) || count + 8 < max ||
+	    atomic_exchange_explicit(&told, true, memory_order_relaxed))
+		return rc;
+	struct ds_buf b = { .len = 0 };
+	ds_buf_str_sigsafe(&b, "libdynstack: cannot create a stack: the process has reached "
+			       "vm.max_map_count (");
+	ds_buf_dec_sigsafe(&b, (uint64_t)max);
+	ds_buf_str_sigsafe(&b, " mappings)");
+	if (ds_opt.backend == DYNSTACK_BACKEND_MPROTECT)
+		ds_buf_str_sigsafe(&b, ", and the mprotect backend needs two per stack. Raise it "
+				       "(sysctl -w vm.max_map_count=1048576) or use the guard "
+				       "backend (Linux >= 6.13, DYNSTACK_BACKEND=guard), which "
+				       "needs none per stack.\n");
+	else
+		ds_buf_str_sigsafe(&b, ". Raise it (sysctl -w vm.max_map_count=1048576).\n");
+	ds_buf_write_sigsafe(&b, STDERR_FILENO);
+	return rc;
+}
+
 /* learn's per-name memory: the peak of the last stack destroyed under each
  * name bucket. Written at destroy, read at create, never in the handler. */
 static _Atomic size_t site_hist[DS_SITES];
@@ -238,14 +315,14 @@ int ds_stack_create(struct dynstack **out, const dynstack_attr_t *attr, uint32_t
 		}
 	} else {
 		if ((rc = ds_arena_slot_get(size + reserve, &s)))
-			return rc;
+			return explain_enomem(rc);
 		top = ds_slot_base(s) + ((uintptr_t)1 << s->arena->shift);
 		edge = top;
 	}
 	if (top - initial < edge) {
 		if ((rc = ds_os_commit_sigsafe(ds_opt.backend, top - initial, edge))) {
 			ds_stack_discard(s, edge);
-			return rc;
+			return explain_enomem(rc);
 		}
 		edge = top - initial;
 	}
@@ -279,6 +356,7 @@ int ds_stack_create(struct dynstack **out, const dynstack_attr_t *attr, uint32_t
 	atomic_store_explicit(&s->trim_lo, 0, memory_order_relaxed);
 	atomic_store_explicit(&s->trim_hi, 0, memory_order_relaxed);
 	s->idle = 0;
+	s->vg_id = ds_os_valgrind_stack_register(s->lo - s->reserve, s->top);
 	/* Publish: from here the handler treats faults in the slot as ours. */
 	atomic_store_explicit(&s->state, DS_SLOT_LIVE, memory_order_release);
 	DS_TSTAT_ADD(nr_dynamic_stacks, 1);
@@ -309,6 +387,8 @@ void ds_stack_release(struct dynstack *s)
 {
 	size_t ps = ds_os_page_size();
 	atomic_store_explicit(&s->state, DS_SLOT_FREE, memory_order_release);
+	ds_os_valgrind_stack_deregister(s->vg_id);
+	s->vg_id = 0;
 	/* A trim queued on some thread must not act on it any more. */
 	ds_trim_claim(s);
 	uintptr_t edge = atomic_load_explicit(&s->edge, memory_order_acquire);
@@ -361,6 +441,11 @@ DYNSTACK_API int dynstack_destroy(dynstack_t *s)
 
 DYNSTACK_API void *dynstack_top(const dynstack_t *s)
 {
+	/* A runtime with its own switch asks for the top just before it
+	 * switches to the stack on this thread: the thread's sync stack must
+	 * exist by then (a failure shows at dynstack_thread_init). */
+	DS_KEEP_ERRNO();
+	(void)ds_thread_ensure();
 	return s ? (void *)s->top : NULL;
 }
 

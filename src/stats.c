@@ -51,6 +51,13 @@ void ds_tstats_fini(void)
 	free(t);
 }
 
+void ds_stats_fork(enum ds_fork_phase ph)
+{
+	/* The child keeps the blocks of the threads it does not have: what they
+	 * counted stays counted. */
+	ds_fork_lock(&blocks_lock, ph);
+}
+
 static void snapshot(uint64_t v[DS_NCOUNTERS])
 {
 	pthread_mutex_lock(&blocks_lock);

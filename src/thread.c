@@ -101,7 +101,12 @@ DYNSTACK_API void dynstack_thread_fini(void)
 			memset(&restore, 0, sizeof(restore));
 			restore.ss_flags = SS_DISABLE;
 		}
-		ds_os_sigaltstack(&restore, NULL);
+		/* Refused (the old one is too small for this kernel's signal
+		 * frames, say): ours stays installed and mapped, and the thread
+		 * ready. Unmapping a stack the kernel still delivers on would make
+		 * the next signal a silent death. */
+		if (ds_os_sigaltstack(&restore, NULL))
+			return;
 	}
 	ds_os_unmap_guarded(sync_base, sync_size);
 	sync_base = NULL;

@@ -291,22 +291,17 @@ static void trace_at_exit(void)
 	dynstack_trace_stop();
 }
 
-static void fork_prepare(void)
+/* From the library's fork handler (stack.c), in its lock order. The child
+ * has the parent's descriptor and copies of every ring, whose records the
+ * parent will write itself: tracing stops there, without a flush, and only
+ * the calling thread's ring survives (the other threads do not exist in the
+ * child). */
+void ds_trace_fork(enum ds_fork_phase ph)
 {
-	pthread_mutex_lock(&trace_lock);
-}
-
-static void fork_parent(void)
-{
-	pthread_mutex_unlock(&trace_lock);
-}
-
-/* The child has the parent's descriptor and copies of every ring, whose
- * records the parent will write itself: tracing stops here, without a
- * flush, and only the calling thread's ring survives (the other threads do
- * not exist in the child). */
-static void fork_child(void)
-{
+	if (ph != DS_FORK_CHILD) {
+		ds_fork_lock(&trace_lock, ph);
+		return;
+	}
 	if (trace_fd >= 0)
 		close(trace_fd);
 	trace_fd = -1;
@@ -340,7 +335,7 @@ static void ring_key_dtor(void *arg)
 static void proc_init(void)
 {
 	pthread_key_create(&ring_key, ring_key_dtor);
-	pthread_atfork(fork_prepare, fork_parent, fork_child);
+	ds_fork_register();
 	atexit(trace_at_exit);
 }
 

@@ -67,6 +67,7 @@ struct dynstack {
 	uint64_t id;			/* process-unique, never 0 for a live stack */
 	const struct ds_policy *policy; /* interned: never freed */
 	size_t learned;			/* learn: what earlier stacks taught this one */
+	unsigned vg_id;			/* Valgrind's id for the stack, 0: none */
 	size_t slot_hist;		/* learn: peak of this slot's last stack (kept on reuse) */
 	_Atomic uint64_t faults;	/* commit faults taken by this stack */
 	_Atomic int warned;		/* overflow=warn: the one warning was printed */

@@ -101,6 +101,16 @@ static int map_limit_child(void *arg)
 		all[n++] = s;
 	}
 	fprintf(stderr, "count %ld\nrc %d\nmax %ld\n", n, rc, max);
+	/* More refusals add no second message: it is printed once per process. */
+	int refused = 0;
+	for (int i = 0; i < 3; i++) {
+		dynstack_t *s;
+		if (dynstack_create(&s, &attr) == -ENOMEM)
+			refused++;
+		else
+			dynstack_destroy(s);
+	}
+	fprintf(stderr, "refused %d\n", refused);
 
 	/* Still alive, and the stacks that exist still grow. */
 	if (dynstack_coro_resume(c) || dynstack_coro_status(c) != DYNSTACK_CORO_DEAD)
@@ -156,6 +166,32 @@ static void skip_if_limit_too_high(void)
 	}
 }
 
+/* The -ENOMEM at the limit comes with one message on stderr that names the
+ * limit, its value and both remedies, however many creates fail. */
+static void check_limit_message(const char *err, long max)
+{
+	static const char head[] = "libdynstack: cannot create a stack: ";
+	char want[128];
+	const char *p = strstr(err, head);
+
+	if (!p)
+		fail_msg("no '%s...' message on stderr:\n%s", head, err);
+	if (strstr(p + 1, head))
+		fail_msg("the limit message is printed more than once:\n%s", err);
+	const char *eol = strchr(p, '\n');
+	assert_non_null(eol);
+	char line[512];
+	snprintf(line, sizeof(line), "%.*s", (int)(eol - p), p);
+	snprintf(want, sizeof(want),
+		 "the process has reached vm.max_map_count (%ld mappings), and the mprotect "
+		 "backend needs two per stack",
+		 max);
+	if (!contains(line, want) || !contains(line, "sysctl -w vm.max_map_count=") ||
+	    !contains(line, "use the guard backend (Linux >= 6.13, DYNSTACK_BACKEND=guard)"))
+		fail_msg("the limit message lacks the limit or a remedy: %s", line);
+	print_message("%s\n", line);
+}
+
 static void test_mprotect_map_limit(void **state)
 {
 	static char err[8192];
@@ -178,6 +214,8 @@ static void test_mprotect_map_limit(void **state)
 	/* Two VMAs per stack (its committed page and the floor below it). */
 	if (count < max / 2 - 1000 || count > max)
 		fail_msg("%ld stacks before -ENOMEM, vm.max_map_count %ld", count, max);
+	assert_int_equal(value_of(err, "refused"), 3);
+	check_limit_message(err, max);
 	assert_int_equal(value_of(err, "grew"), 1);
 	assert_int_equal(value_of(err, "grew_plain"), 1);
 	assert_int_equal(value_of(err, "again"), 4);
