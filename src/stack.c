@@ -205,8 +205,8 @@ static size_t page_round(size_t v)
  * takes two mappings per stack (its committed top and the floor below), so
  * it stops near 32,000 stacks at the default of 65,530, and -ENOMEM alone
  * does not say why. Say it once per process, with the remedy. Costs a read
- * of /proc/self/maps per failed create until then (a few ms near the
- * limit, where it prints and stops). */
+ * of /proc/self/maps per -ENOMEM until then: microseconds for a process
+ * with few mappings, some 10-30 ms at 65,530, where it prints and stops. */
 static int explain_enomem(int rc)
 {
 	static _Atomic bool told;

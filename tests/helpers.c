@@ -14,10 +14,77 @@
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#if DS_HAVE_VALGRIND_H
+#include <valgrind/memcheck.h>
+#include <valgrind/valgrind.h>
+#endif
+
+#ifndef __has_feature
+#define __has_feature(x) 0
+#endif
+
+bool under_valgrind(void)
+{
+	const char *env = getenv("DYNSTACK_UNDER_VALGRIND");
+#if DS_HAVE_VALGRIND_H
+	if (RUNNING_ON_VALGRIND)
+		return true;
+#endif
+	return env && strcmp(env, "1") == 0;
+}
+
+bool under_tsan(void)
+{
+#if defined(__SANITIZE_THREAD__) || __has_feature(thread_sanitizer)
+	return true;
+#else
+	return false;
+#endif
+}
+
+bool under_asan(void)
+{
+#if defined(__SANITIZE_ADDRESS__) || __has_feature(address_sanitizer)
+	return true;
+#else
+	return false;
+#endif
+}
+
+void valgrind_errors_off(void)
+{
+#if DS_HAVE_VALGRIND_H
+	VALGRIND_DISABLE_ERROR_REPORTING;
+#endif
+}
+
+void valgrind_errors_on(void)
+{
+#if DS_HAVE_VALGRIND_H
+	VALGRIND_ENABLE_ERROR_REPORTING;
+#endif
+}
 
 size_t page_size(void)
 {
 	return (size_t)sysconf(_SC_PAGESIZE);
+}
+
+void valgrind_make_defined(const void *p, size_t n)
+{
+#if DS_HAVE_VALGRIND_H
+	VALGRIND_MAKE_MEM_DEFINED(p, n);
+#endif
+	(void)p;
+	(void)n;
+}
+
+size_t created_committed(size_t size, size_t initial)
+{
+	size_t ps = page_size();
+	size_t bytes = under_valgrind() ? size : initial ? initial : ps;
+
+	return (bytes + ps - 1) & ~(ps - 1);
 }
 
 static uintptr_t page_down(const void *p)
@@ -123,6 +190,17 @@ static void child_setup(void)
 	alarm(CHILD_SECONDS);
 }
 
+const char *program_path(void)
+{
+	static char exe[4096];
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+
+	if (n <= 0)
+		return "/proc/self/exe";
+	exe[n] = '\0';
+	return exe;
+}
+
 static int spawn(child_fn fn, void *arg, const char *mode, const char *const *env, int *status,
 		 char *err, size_t errsize)
 {
@@ -161,7 +239,7 @@ static int spawn(child_fn fn, void *arg, const char *mode, const char *const *en
 				unsetenv(*env);
 			}
 		}
-		char *const argv[] = { "/proc/self/exe", (char *)mode, NULL };
+		char *const argv[] = { (char *)program_path(), (char *)mode, NULL };
 		execv(argv[0], argv);
 		_exit(127);
 	}

@@ -18,6 +18,44 @@
  * around each test with signal(), and dynstack_init puts ours back. */
 #define TAKE_SIGSEGV() assert_int_equal(dynstack_init(NULL), 0)
 
+/* Which tool the test runs under. Valgrind: RUNNING_ON_VALGRIND, or the
+ * DYNSTACK_UNDER_VALGRIND=1 that `meson test --setup=valgrind` sets (for a
+ * build without valgrind.h). TSan and ASan: how this program was compiled. */
+bool under_valgrind(void);
+bool under_tsan(void);
+bool under_asan(void);
+
+/* In a test body (needs cmocka.h): skip this test under `tool` (valgrind,
+ * tsan or asan), saying why. Only for what the tool cannot run or observe;
+ * docs/tools.md lists every use. */
+#define SKIP_UNDER(tool, reason)                                                                   \
+	do {                                                                                       \
+		if (under_##tool()) {                                                              \
+			print_message("skipped under " #tool ": %s\n", (reason));                  \
+			skip();                                                                    \
+		}                                                                                  \
+	} while (0)
+
+/* Under Valgrind the library commits every stack whole when it is created
+ * (Valgrind restarts a faulting push with a wrong stack pointer; see
+ * docs/design.md): no stack grows by fault there. The reason a test gives
+ * when growth by fault is what it checks: */
+#define WHOLE_UNDER_VALGRIND "stacks are committed whole under Valgrind: no growth by fault"
+/* Bytes committed on a new stack of `size` bytes created with `initial`
+ * (0: the default policy's one page), page-rounded: all of it under
+ * Valgrind. */
+size_t created_committed(size_t size, size_t initial);
+
+/* Around an access Memcheck would report that the test means to make: one
+ * that faults on purpose on an inaccessible page (a handler then makes it
+ * accessible, or the process dies), or a read of a whole stack, dead frames
+ * below the stack pointer included. Per thread; pairs may nest. */
+void valgrind_errors_off(void);
+void valgrind_errors_on(void);
+/* Tell Memcheck that [p, p + n) is defined: a value computed from such
+ * bytes on purpose (a hash of a whole stack). */
+void valgrind_make_defined(const void *p, size_t n);
+
 /* In a child function: report a failed check on stderr and return 1, which
  * becomes the child's exit status. */
 #define CHECK(cond)                                                                                \
@@ -54,6 +92,10 @@ int run_in_child(child_fn fn, void *arg, int *status, char *err, size_t errsize)
  * initialised. env lists "NAME=value" to set and "NAME" to unset, NULL-ended
  * (env itself may be NULL). The program's main dispatches on argv[1]. */
 int run_self(const char *mode, const char *const *env, int *status, char *err, size_t errsize);
+/* This program's path, to execute it again. Not "/proc/self/exe" itself:
+ * under Valgrind that names Valgrind to execve, and only readlink gives the
+ * program it runs. */
+const char *program_path(void);
 /* Human-readable form of a wait status, for assertion messages. */
 const char *describe_status(int status);
 

@@ -283,7 +283,8 @@ static void test_destroy_suspended(void **state)
 	assert_int_equal(count_resident(lo, top), 0);
 	assert_int_equal(count_accessible(lo, top), 0);
 	assert_int_equal(before.nr_dynamic_stacks_coros - after.nr_dynamic_stacks_coros, 1);
-	assert_int_equal(before.nr_dynamic_stacks_pages - after.nr_dynamic_stacks_pages, 1);
+	assert_int_equal(before.nr_dynamic_stacks_pages - after.nr_dynamic_stacks_pages,
+			 created_committed(128 * 1024, 0) / page_size());
 }
 
 /* ---- a running coroutine is refused to other threads */
@@ -454,8 +455,9 @@ static void test_migrating_coroutine_grows(void **state)
 			fail_msg("step %d ran on thread %ld, resumed by %ld", i, w.tid[i],
 				 r.tid[i % 2]);
 	}
-	/* Each resume but the last went deeper and committed more. */
-	for (int i = 1; i < WALK_RESUMES - 1; i++) {
+	/* Each resume but the last went deeper and committed more (when the
+	 * stack grows at all: WHOLE_UNDER_VALGRIND). */
+	for (int i = 1; i < WALK_RESUMES - 1 && !under_valgrind(); i++) {
 		if (r.committed[i] <= r.committed[i - 1])
 			fail_msg("resume %d: committed %zu after %zu", i, r.committed[i],
 				 r.committed[i - 1]);

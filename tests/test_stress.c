@@ -515,21 +515,7 @@ static bool run_once(struct task *t, int me, uint64_t *migrations)
 	bool moved = t->last_worker >= 0 && t->last_worker != me;
 
 	t->worker = me;
-#if UNDER_TSAN
-	/* TSan runs an asynchronous handler late, from whatever interceptor or
-	 * atomic the thread reaches next, on the stack it is on then and with
-	 * every signal blocked: on a green stack, a commit fault in that frame
-	 * would kill the process. Under TSan the storm only meets the workers
-	 * on their own stacks. */
-	sigset_t alrm;
-	sigemptyset(&alrm);
-	sigaddset(&alrm, SIGALRM);
-	pthread_sigmask(SIG_BLOCK, &alrm, NULL);
 	int rc = dynstack_coro_resume(t->c);
-	pthread_sigmask(SIG_UNBLOCK, &alrm, NULL);
-#else
-	int rc = dynstack_coro_resume(t->c);
-#endif
 	if (rc == -EBUSY && t->shared) {
 		/* Its group runs another coroutine on another thread. */
 		atomic_fetch_add_explicit(&st.busy, 1, memory_order_relaxed);
@@ -555,11 +541,32 @@ static bool all_done(void)
 	return (st.stop_creating || st.created == st.total) && st.live == 0;
 }
 
+/* TSan runs an asynchronous handler late, from whatever interceptor or
+ * atomic the thread reaches next, on the stack it is on then and with every
+ * signal blocked: on a green stack, a commit fault in that frame kills the
+ * process. And a signal that arrives while TSan sets up or tears down a
+ * coroutine's fiber is queued on that fiber, to run inside the coroutine.
+ * So under TSan the workers block the storm, and open a window for it once
+ * per round, on their own stacks. */
+static void storm_window(bool open)
+{
+#if UNDER_TSAN
+	sigset_t alrm;
+
+	sigemptyset(&alrm);
+	sigaddset(&alrm, SIGALRM);
+	pthread_sigmask(open ? SIG_UNBLOCK : SIG_BLOCK, &alrm, NULL);
+#else
+	(void)open;
+#endif
+}
+
 static void *worker_main(void *arg)
 {
 	int me = (int)(intptr_t)arg;
 	uint64_t resumes = 0, migrations = 0;
 
+	storm_window(false);
 	pthread_mutex_lock(&st.lock);
 	for (;;) {
 		if (st.pause_req) {
@@ -593,6 +600,8 @@ static void *worker_main(void *arg)
 		struct task *t = pop();
 		pthread_mutex_unlock(&st.lock);
 		bool alive = run_once(t, me, &migrations);
+		storm_window(true);
+		storm_window(false);
 		bool flush = ++resumes % FLUSH_EVERY == 0;
 		if (flush) {
 			int rc = dynstack_flush();

@@ -19,6 +19,10 @@
 #include <unwind.h>
 
 #include "ctx.h"
+#include "helpers.h"
+#if DS_HAVE_VALGRIND_H
+#include <valgrind/valgrind.h>
+#endif
 
 #define STACK_SIZE (256 * 1024)
 
@@ -28,6 +32,7 @@ struct stack {
 	char *map;
 	size_t maplen;
 	void *lo;
+	unsigned vg_id; /* Valgrind's id for it, + 1 (0: not registered) */
 };
 
 static void stack_new(struct stack *s)
@@ -39,10 +44,22 @@ static void stack_new(struct stack *s)
 	assert_true(s->map != MAP_FAILED);
 	s->lo = s->map + pg;
 	assert_int_equal(mprotect(s->lo, STACK_SIZE, PROT_READ | PROT_WRITE), 0);
+	/* Valgrind takes a move of the stack pointer into memory it does not
+	 * know as a stack for a huge frame, and reports the other side's
+	 * frames as uninitialised: tell it, as the library does for its own. */
+	s->vg_id = 0;
+#if DS_HAVE_VALGRIND_H
+	if (RUNNING_ON_VALGRIND)
+		s->vg_id = VALGRIND_STACK_REGISTER(s->lo, (char *)s->lo + STACK_SIZE) + 1;
+#endif
 }
 
 static void stack_free(struct stack *s)
 {
+#if DS_HAVE_VALGRIND_H
+	if (s->vg_id)
+		VALGRIND_STACK_DEREGISTER(s->vg_id - 1);
+#endif
 	assert_int_equal(munmap(s->map, s->maplen), 0);
 }
 
@@ -729,7 +746,15 @@ static void test_fp_control_per_context(void **state)
 	struct fpctl f = { 0 };
 	uint32_t mxcsr = get_mxcsr() & ~0x3fu;
 	uint16_t fpucw = get_fpucw();
+	/* Valgrind emulates the rounding controls only: it drops MXCSR's FTZ
+	 * and status flags and reads the x87 precision control back as
+	 * extended. Those bits are checked on the hardware alone. */
+	const bool vg = under_valgrind();
+	const uint32_t mx_ctl = vg ? MXCSR_RC : MXCSR_RC | MXCSR_FTZ;
+	const uint16_t cw_ctl = vg ? FPUCW_RC : FPUCW_RC | FPUCW_PC;
 
+	if (vg)
+		print_message("under valgrind: rounding controls only (no FTZ, flags, x87 PC)\n");
 	stack_new(&st);
 	/* A new context starts with the control bits of its maker. */
 	set_mxcsr((mxcsr & ~MXCSR_RC) | MXCSR_RC_DOWN);
@@ -743,11 +768,12 @@ static void test_fp_control_per_context(void **state)
 	assert_int_equal(get_fpucw(), fpucw);
 	/* ...but the status flag the other context raised stays: flags belong
 	 * to the thread, and loading the control bits must not drop them. */
-	assert_int_equal(get_mxcsr() & MXCSR_ZE, MXCSR_ZE);
+	if (!vg)
+		assert_int_equal(get_mxcsr() & MXCSR_ZE, MXCSR_ZE);
 
 	ds_ctx_switch(&f.main, &f.co);
-	assert_int_equal(f.mxcsr_later & (MXCSR_RC | MXCSR_FTZ), MXCSR_RC_UP | MXCSR_FTZ);
-	assert_int_equal(f.fpucw_later & (FPUCW_RC | FPUCW_PC), FPUCW_RC_UP);
+	assert_int_equal(f.mxcsr_later & mx_ctl, (MXCSR_RC_UP | MXCSR_FTZ) & mx_ctl);
+	assert_int_equal(f.fpucw_later & cw_ctl, FPUCW_RC_UP);
 	assert_int_equal(get_mxcsr() & ~0x3fu, mxcsr);
 	assert_int_equal(get_fpucw(), fpucw);
 

@@ -109,6 +109,7 @@ static void *worker_main(void *arg)
 static void test_concurrent_faults_exact(void **state)
 {
 	TAKE_SIGSEGV();
+	SKIP_UNDER(valgrind, WHOLE_UNDER_VALGRIND);
 	assert_int_equal(CORO_PAGES * 4096, CORO_SIZE);
 	if (page_size() != 4096) {
 		print_message("page size is not 4 KiB: the page counts are for 4 KiB\n");
@@ -279,6 +280,7 @@ static void *grower_main(void *arg)
 static void test_threads_grow_foreign_stacks(void **state)
 {
 	TAKE_SIGSEGV();
+	SKIP_UNDER(valgrind, WHOLE_UNDER_VALGRIND);
 	pthread_barrier_t start;
 	struct grower g[THREADS];
 	pthread_t th[THREADS];
@@ -315,6 +317,7 @@ static void test_threads_grow_foreign_stacks(void **state)
 static void test_shared_stack_race(void **state)
 {
 	TAKE_SIGSEGV();
+	SKIP_UNDER(valgrind, WHOLE_UNDER_VALGRIND);
 	pthread_barrier_t start;
 	struct grower g[THREADS];
 	pthread_t th[THREADS];
