@@ -32,7 +32,14 @@ constexpr std::size_t stack_size = 128 * 1024; // Boost's default on Linux
 constexpr int live = 5000;
 constexpr int rounds = 5;
 
-enum kind { FIXED, PROTECTED, POOLED, OURS_GUARD, OURS_MPROTECT, KINDS };
+enum kind {
+	FIXED,
+	PROTECTED,
+	POOLED,
+	OURS_GUARD,
+	OURS_MPROTECT,
+	KINDS
+};
 const char *const kind_name[KINDS] = { "fixedsize_stack", "protected_fixedsize_stack",
 				       "pooled_fixedsize_stack", "dynstack_guard",
 				       "dynstack_mprotect" };
@@ -221,7 +228,7 @@ int main()
 	}
 	for (int k = 0; k < OURS_GUARD; k++)
 		if (ok[k] && ok[OURS_GUARD])
-			std::printf("boost_%s_vs_dynstack_guard_alloc_dealloc %.2f x\n", kind_name[k],
-				    med(ns[k]) / med(ns[OURS_GUARD]));
+			std::printf("boost_%s_vs_dynstack_guard_alloc_dealloc %.2f x\n",
+				    kind_name[k], med(ns[k]) / med(ns[OURS_GUARD]));
 	return 0;
 }

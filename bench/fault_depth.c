@@ -5,7 +5,7 @@
  * and the guard backend under `double` (each fault commits as much again as is committed).
  * Every case runs in a forked child (the backend is process-wide), with the stack cache off so
  * that every run faults; children of all cases take turns, and each figure is the median over
- * rounds x repetitions. Not a benchmark() target: bench/plots.sh builds and runs it. Output:
+ * rounds x repetitions, in thread CPU time (see cpu_ns). Not a benchmark() target: bench/plots.sh builds and runs it. Output:
  * one "depth_pages kernel guard mprotect guard_double" line per depth (ns per page), then
  * "# name value unit" lines. */
 #define _GNU_SOURCE
@@ -28,7 +28,13 @@
 static const size_t depths[] = { 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096 };
 #define NDEPTHS (sizeof(depths) / sizeof(depths[0]))
 
-enum { C_KERNEL, C_GUARD, C_MPROTECT, C_GUARD_DOUBLE, NCASES };
+enum {
+	C_KERNEL,
+	C_GUARD,
+	C_MPROTECT,
+	C_GUARD_DOUBLE,
+	NCASES
+};
 static const char *const case_name[NCASES] = { "kernel", "guard", "mprotect", "guard_double" };
 
 struct report {
@@ -39,13 +45,37 @@ struct report {
 
 static size_t page;
 
+/* The thread's CPU time, user + system: on a loaded machine a run of a few ms is often
+ * preempted, and wall-clock time would count the wait for the CPU as fault cost (the kernel's
+ * faults, ~1 us a page, finish within a time slice more often than the library's, which made
+ * wall-clock ratios swing between 3 and 13 x on the shared reference VM). Faults and the
+ * signal handler run in this thread and are counted. */
+static double cpu_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return ts.tv_sec * 1e9 + ts.tv_nsec;
+}
+
+static double clock_cost; /* of one cpu_ns() pair, subtracted from every run */
+
 static __attribute__((noinline)) double touch_down(char *from, size_t pages)
 {
 	volatile char *p = from;
-	double t0 = now_ns();
+	double t0 = cpu_ns();
 	for (size_t i = 1; i <= pages; i++)
 		p[-(ptrdiff_t)(i * page)] = 1;
-	return now_ns() - t0;
+	return cpu_ns() - t0 - clock_cost;
+}
+
+static void calibrate(void)
+{
+	double v[101];
+	for (int i = 0; i < 101; i++) {
+		double t0 = cpu_ns();
+		v[i] = cpu_ns() - t0;
+	}
+	clock_cost = median(v, 101);
 }
 
 /* One run of `depth` pages below a committed top page; returns ns, < 0 on error. */
@@ -53,7 +83,8 @@ static double run_once(int c, size_t depth, struct report *r)
 {
 	size_t len = (depth + 1) * page;
 	if (c == C_KERNEL) {
-		char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		char *p =
+			mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 		if (p == MAP_FAILED)
 			return -1;
 		madvise(p, len, MADV_NOHUGEPAGE); /* one fault per page, as a stack takes */
@@ -101,7 +132,8 @@ static void child(void *ctx, void *out)
 		cfg.cache_stacks = 0; /* a warm stack keeps its pages and would not fault */
 		int rc = dynstack_init(&cfg);
 		if (rc) {
-			snprintf(r->why, sizeof(r->why), "dynstack_init: %s", dynstack_strerror(rc));
+			snprintf(r->why, sizeof(r->why), "dynstack_init: %s",
+				 dynstack_strerror(rc));
 			return;
 		}
 	}
@@ -134,22 +166,26 @@ int main(void)
 	unsetenv("DYNSTACK_POLICY");
 	unsetenv("DYNSTACK_CACHE");
 	unsetenv("DYNSTACK_STATS");
+	calibrate();
 	for (int round = 0; round < ROUNDS; round++) {
 		for (int c = 0; c < NCASES; c++) {
 			memset(&r, 0, sizeof(r));
 			int rc = bench_in_child(child, &c, &r, sizeof(r), why, sizeof(why));
 			if (rc || r.status) {
 				fprintf(stderr, "fault_depth: %s: %s\n", case_name[c],
-					rc < 0 ? strerror(-rc) : rc ? why : r.why);
+					rc < 0 ? strerror(-rc) :
+					rc     ? why :
+						 r.why);
 				return 1;
 			}
 			for (size_t d = 0; d < NDEPTHS; d++)
 				memcpy(&all[c][d][round * REPS], r.ns[d], sizeof(r.ns[d]));
 		}
 	}
-	printf("# ns per page of growth by depth; %d children per case x %d repetitions of at"
-	       " least %d pages; medians; guard and mprotect: policy step=1, cache off\n",
-	       ROUNDS, REPS, MIN_PAGES);
+	printf("# ns of thread CPU time per page of growth by depth; %d children per case x %d"
+	       " repetitions of at least %d pages; medians; guard and mprotect: policy step=1,"
+	       " cache off; clock read %.0f ns, subtracted\n",
+	       ROUNDS, REPS, MIN_PAGES, clock_cost);
 	printf("# depth_pages");
 	for (int c = 0; c < NCASES; c++)
 		printf(" %s", case_name[c]);

@@ -23,11 +23,19 @@
 #define FRAME_BYTES 192
 #define MAX_SAMPLES 100000
 
-enum mode { MODE_TRIM, MODE_NOTRIM, MODE_FIXED };
+enum mode {
+	MODE_TRIM,
+	MODE_NOTRIM,
+	MODE_FIXED
+};
 static const char *const mode_name[] = { "trim", "notrim", "fixed" };
 
 /* Phases, as the "phase" column shows them: before the burst, the burst tick, after it. */
-enum phase { PH_BEFORE, PH_BURST, PH_AFTER };
+enum phase {
+	PH_BEFORE,
+	PH_BURST,
+	PH_AFTER
+};
 
 static enum mode mode = MODE_TRIM;
 static size_t ncoro = 10000, stack_size = 64 * KIB, deep = 48 * KIB;
@@ -222,11 +230,16 @@ static void usage(FILE *f, const char *argv0)
 int main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
-		{ "mode", required_argument, NULL, 'm' },   { "coros", required_argument, NULL, 'n' },
-		{ "stack", required_argument, NULL, 's' },  { "deep", required_argument, NULL, 'd' },
-		{ "tick", required_argument, NULL, 't' },   { "sample", required_argument, NULL, 'p' },
-		{ "before", required_argument, NULL, 'b' }, { "after", required_argument, NULL, 'a' },
-		{ "help", no_argument, NULL, 'h' },	    { NULL, 0, NULL, 0 },
+		{ "mode", required_argument, NULL, 'm' },
+		{ "coros", required_argument, NULL, 'n' },
+		{ "stack", required_argument, NULL, 's' },
+		{ "deep", required_argument, NULL, 'd' },
+		{ "tick", required_argument, NULL, 't' },
+		{ "sample", required_argument, NULL, 'p' },
+		{ "before", required_argument, NULL, 'b' },
+		{ "after", required_argument, NULL, 'a' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
 	};
 	int opt;
 	while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {

@@ -139,7 +139,8 @@ DYNSTACK_API size_t dynstack_peak(const dynstack_t *stack);
  * suspended at. Pages wholly below sp minus the policy's margin are given
  * back now, if the policy's hysteresis says so (trim=yield:IDLE: only after
  * IDLE trim points without growth). Nothing may run on the stack meanwhile.
- * 0, or -EINVAL (NULL, not live, sp outside the stack). */
+ * 0, -EINVAL (NULL, not live, sp outside the stack), or the -errno of a
+ * decommit the kernel refused (the pages stay committed). */
 DYNSTACK_API int dynstack_trim(dynstack_t *stack, const void *sp);
 /* Decommit the calling thread's queued trims now (coroutine yields and exits
  * queue them, to decommit in batches). 0 or -errno of the first failure. */

@@ -156,7 +156,7 @@ void ds_trim_claim(struct dynstack *s)
 								  memory_order_acq_rel,
 								  memory_order_acquire)) {
 				/* Cancelled: its pages stay committed, and its next
-				 * trim is done at once (see ds_trim_point). */
+				 * trim is done at once (see ds_trim_point_slow). */
 				s->trim_cancelled = true;
 				return;
 			}
@@ -191,7 +191,7 @@ static uintptr_t trim_target(struct dynstack *s, uintptr_t sp)
 	const struct ds_policy *p = s->policy;
 	/* Under Valgrind stacks are committed whole and must never fault
 	 * (stack.c): nothing is trimmed either. */
-	if (__builtin_expect(s->vg_id != 0, 0))
+	if (__builtin_expect(ds_stack_whole(s), 0))
 		return 0;
 	if (!p->trim_idle || sp > s->top || sp < s->lo - s->reserve + p->margin)
 		return 0; /* trim off; running elsewhere (a dynstack_call segment); or so
@@ -209,7 +209,7 @@ static uintptr_t trim_target(struct dynstack *s, uintptr_t sp)
 	return keep;
 }
 
-void ds_trim_point(struct dynstack *s, uintptr_t sp)
+void ds_trim_point_slow(struct dynstack *s, uintptr_t sp)
 {
 	struct ds_tl *t = tl;
 	uintptr_t keep = trim_target(s, sp);

@@ -61,7 +61,7 @@ struct dynstack_group {
 	_Atomic int busy;		/* a coroutine of the group runs */
 	unsigned flags;			/* DYNSTACK_GROUP_* */
 	bool thread_own;		/* a thread's own group */
-	const void *claimer;		/* any-thread group: the thread holding busy */
+	const void *_Atomic claimer;	/* any-thread group: the thread holding busy */
 	size_t saved_total;		/* bytes its coroutines hold in buffers (reports) */
 	size_t ncoros;			/* pool and ncoros: only under busy or on the owner */
 	struct ds_pool pool;

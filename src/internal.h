@@ -195,6 +195,24 @@ DS_HIDDEN int ds_stack_grow_sigsafe(struct dynstack *s, uintptr_t target, uintpt
  * filling what it lacks with defaults. 0 or -EINVAL. */
 DS_HIDDEN int ds_attr_load(dynstack_attr_t *a, const dynstack_attr_t *attr);
 DS_HIDDEN int ds_stack_create(struct dynstack **out, const dynstack_attr_t *attr, uint32_t flags);
+/* Stacks are committed whole at creation and never trimmed: under Valgrind
+ * (it restarts a faulting push with a wrong stack pointer) and under TSan
+ * (its runtime runs on green stacks holding its own locks, and a commit
+ * fault there deadlocks in the handler's atomics). */
+#if defined(__SANITIZE_THREAD__)
+#define DS_WHOLE_STACKS_BUILD 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define DS_WHOLE_STACKS_BUILD 1
+#endif
+#endif
+#ifndef DS_WHOLE_STACKS_BUILD
+#define DS_WHOLE_STACKS_BUILD 0
+#endif
+static inline bool ds_stack_whole(const struct dynstack *s)
+{
+	return DS_WHOLE_STACKS_BUILD || s->vg_id != 0;
+}
 DS_HIDDEN void ds_stack_release(struct dynstack *s);
 DS_HIDDEN void ds_stack_discard(struct dynstack *s, uintptr_t edge);
 
@@ -210,7 +228,9 @@ DS_HIDDEN void ds_shared_thread_fini(void);
 DS_HIDDEN void ds_segment_thread_fini(void);
 /* A trim point on the thread running s, at stack pointer sp, before it
  * switches away: may queue a decommit (and flush the queue first). */
-DS_HIDDEN void ds_trim_point(struct dynstack *s, uintptr_t sp);
+DS_HIDDEN void ds_trim_point_slow(struct dynstack *s, uintptr_t sp);
+/* (The caller filters the common case first: nothing committed below
+ * sp minus the policy's margin; see leave() in coro.c.) */
 /* s is about to run, or be destroyed: cancel its queued trim, or wait for a
  * flush in progress on another thread. */
 DS_HIDDEN void ds_trim_claim(struct dynstack *s);

@@ -121,21 +121,21 @@ static inline __attribute__((always_inline)) int claim(struct dynstack_group *g,
 	/* Any thread (or an orphan): the claim is a CAS. Only this thread
 	 * writes its own token, and clears it before it releases busy, so
 	 * seeing it means holding the claim. */
-	if (inside_ok && g->claimer == me)
+	if (inside_ok && atomic_load_explicit(&g->claimer, memory_order_relaxed) == me)
 		return 0;
 	int idle = 0;
 	if (!atomic_compare_exchange_strong_explicit(&g->busy, &idle, 1, memory_order_acquire,
 						     memory_order_relaxed))
 		return -EBUSY;
 	ds_san_acquire(&g->busy); /* released by a switch, in assembly */
-	g->claimer = me;
+	atomic_store_explicit(&g->claimer, me, memory_order_relaxed);
 	*claimed = true;
 	return 0;
 }
 
 static inline __attribute__((always_inline)) void release(struct dynstack_group *g)
 {
-	g->claimer = NULL;
+	atomic_store_explicit(&g->claimer, NULL, memory_order_relaxed);
 	atomic_store_explicit(&g->busy, 0, memory_order_release);
 }
 
@@ -313,6 +313,7 @@ int ds_shared_coro_create(struct dynstack_coro **out, const dynstack_attr_t *att
 		return -ENOMEM;
 	}
 	g->ncoros++;
+	note_saved(g, FRESH_BYTES); /* while the group is claimed */
 	if (claimed)
 		release(g);
 	memset(c, 0, sizeof(*c));
@@ -328,7 +329,6 @@ int ds_shared_coro_create(struct dynstack_coro **out, const dynstack_attr_t *att
 	c->group = g;
 	c->link = &g->link;
 	stat_buffer(FIRST_BUFFER);
-	note_saved(g, FRESH_BYTES);
 	*out = c;
 	return 0;
 }

@@ -292,9 +292,10 @@ int ds_stack_create(struct dynstack **out, const dynstack_attr_t *attr, uint32_t
 		return -EINVAL;
 	size_t initial = a.initial ? page_round(a.initial) : ds_policy_initial(pol, size, ps);
 	/* Valgrind restarts a faulting push with a wrong stack pointer: under
-	 * it, stacks are committed whole and never fault. */
-	if (ds_os_on_valgrind())
-		initial = size;
+	 * it, stacks are committed whole, an overflow=warn reserve included
+	 * (which then never warns), and never fault. */
+	if (DS_WHOLE_STACKS_BUILD || ds_os_on_valgrind())
+		initial = size + reserve;
 
 	/* A warm stack from the cache first: its pages are committed already,
 	 * so most creates make no syscall and take no fault. */

@@ -79,10 +79,15 @@ void valgrind_make_defined(const void *p, size_t n)
 	(void)n;
 }
 
+bool stacks_whole(void)
+{
+	return under_valgrind() || under_tsan();
+}
+
 size_t created_committed(size_t size, size_t initial)
 {
 	size_t ps = page_size();
-	size_t bytes = under_valgrind() ? size : initial ? initial : ps;
+	size_t bytes = stacks_whole() ? size : initial ? initial : ps;
 
 	return (bytes + ps - 1) & ~(ps - 1);
 }
@@ -178,8 +183,10 @@ static void drain(int fd, char *err, size_t errsize)
 }
 
 /* Longest a child may take: a handler that retries a fault forever must
- * fail the test (by SIGALRM), not hang the suite. */
+ * fail the test (by SIGALRM), not hang the suite. Valgrind runs a program
+ * 10 to 50 times slower (its setup gives meson tests 20 times as long). */
 #define CHILD_SECONDS 20
+#define CHILD_SECONDS_VALGRIND 400
 
 /* In the child: no core file for the crashes we provoke on purpose. */
 static void child_setup(void)
@@ -187,7 +194,7 @@ static void child_setup(void)
 	struct rlimit none = { 0, 0 };
 
 	setrlimit(RLIMIT_CORE, &none);
-	alarm(CHILD_SECONDS);
+	alarm(under_valgrind() ? CHILD_SECONDS_VALGRIND : CHILD_SECONDS);
 }
 
 const char *program_path(void)

@@ -36,14 +36,23 @@ bool under_asan(void);
 		}                                                                                  \
 	} while (0)
 
-/* Under Valgrind the library commits every stack whole when it is created
- * (Valgrind restarts a faulting push with a wrong stack pointer; see
- * docs/design.md): no stack grows by fault there. The reason a test gives
- * when growth by fault is what it checks: */
-#define WHOLE_UNDER_VALGRIND "stacks are committed whole under Valgrind: no growth by fault"
+/* Whether the library commits every stack whole when it creates it, and
+ * never trims it: under Valgrind (it restarts a faulting push with a wrong
+ * stack pointer; docs/design.md) and in a TSan build (DS_WHOLE_STACKS_BUILD
+ * in src/internal.h). No stack grows by fault there. */
+bool stacks_whole(void);
+#define WHOLE_STACKS                                                                               \
+	"stacks are committed whole at creation here: never grown by fault, never trimmed"
+/* In a test body: skip a test whose point is growth by fault (its counts,
+ * its trace, trims) where there is none. */
+#define SKIP_IF_WHOLE()                                                                            \
+	do {                                                                                       \
+		SKIP_UNDER(valgrind, WHOLE_STACKS);                                                \
+		SKIP_UNDER(tsan, WHOLE_STACKS);                                                    \
+	} while (0)
 /* Bytes committed on a new stack of `size` bytes created with `initial`
- * (0: the default policy's one page), page-rounded: all of it under
- * Valgrind. */
+ * (0: the default policy's one page), page-rounded: all of it where stacks
+ * are committed whole. */
 size_t created_committed(size_t size, size_t initial);
 
 /* Around an access Memcheck would report that the test means to make: one
@@ -81,7 +90,8 @@ size_t count_accessible(const void *lo, const void *hi);
 size_t count_vmas(void);
 
 /* Run fn(arg) in a forked child that exits with its return value (& 0xff).
- * The child gets no core file and dies by SIGALRM after 20 s. Its stderr is
+ * The child gets no core file and dies by SIGALRM after 20 s (400 s under
+ * Valgrind). Its stderr is
  * captured into err (always NUL-terminated, truncated to errsize - 1 bytes);
  * err may be NULL. *status is the wait status. Returns 0, or -errno if fork
  * or pipe failed. */

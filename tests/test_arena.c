@@ -254,7 +254,7 @@ static void test_slot_reuse(void **state)
  * is not ours any more. */
 static void test_fault_decision(void **state)
 {
-	SKIP_UNDER(valgrind, WHOLE_UNDER_VALGRIND);
+	SKIP_IF_WHOLE();
 	size_t ps = page_size();
 	struct dynstack *s = create(16 * ps, 0);
 	dynstack_stats_t before = stats_now();
@@ -321,7 +321,7 @@ static void test_fault_race_counts_once(void **state)
 	pthread_t th;
 	int err = 0;
 
-	SKIP_UNDER(valgrind, WHOLE_UNDER_VALGRIND);
+	SKIP_IF_WHOLE();
 	memset(&r, 0, sizeof(r));
 	assert_int_equal(dynstack_init(NULL), 0);
 	assert_int_equal(pthread_create(&th, NULL, race_helper, &r), 0);

@@ -186,11 +186,11 @@ static int install_prev(int sig, void (*info)(int, siginfo_t *, void *), void (*
 	return dynstack_init(NULL);
 }
 
-/* Growth must still work with the previous handler in place (not under
- * Valgrind: WHOLE_UNDER_VALGRIND). */
+/* Growth must still work with the previous handler in place (not where
+ * stacks are committed whole). */
 static int grow_one_page(void)
 {
-	if (under_valgrind())
+	if (stacks_whole())
 		return 0;
 	dynstack_t *s = create(64 * 1024, "grow");
 
@@ -526,7 +526,7 @@ static void test_use_after_destroy_is_foreign(void **state)
 static void test_errno_preserved(void **state)
 {
 	TAKE_SIGSEGV();
-	SKIP_UNDER(valgrind, WHOLE_UNDER_VALGRIND);
+	SKIP_IF_WHOLE();
 	dynstack_t *s = create(64 * 1024, "errno");
 	assert_non_null(s);
 	char *top = dynstack_top(s);
@@ -566,7 +566,7 @@ static void errno_fn(void *arg)
 static void test_errno_preserved_on_stack(void **state)
 {
 	TAKE_SIGSEGV();
-	SKIP_UNDER(valgrind, WHOLE_UNDER_VALGRIND);
+	SKIP_IF_WHOLE();
 	dynstack_attr_t attr;
 	dynstack_coro_t *c;
 	struct errno_on_stack e = { 0 };
@@ -592,7 +592,7 @@ static void touch_page(char *top, size_t index)
 static void test_fault_counters_exact(void **state)
 {
 	TAKE_SIGSEGV();
-	SKIP_UNDER(valgrind, WHOLE_UNDER_VALGRIND);
+	SKIP_IF_WHOLE();
 	const size_t ps = page_size();
 	dynstack_t *s = create(16 * ps, "counted");
 	assert_non_null(s);

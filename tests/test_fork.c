@@ -243,8 +243,7 @@ static int live_child(dynstack_coro_t **c, struct dig *d, const size_t *committe
 		CHECK(dynstack_committed(dynstack_coro_stack(c[i])) >= d[i].first + d[i].more);
 	}
 	dynstack_stats_t s1 = stats_now();
-	CHECK(s1.nr_dynamic_stacks_faults > s0.nr_dynamic_stacks_faults ||
-	      under_valgrind()); /* WHOLE_UNDER_VALGRIND */
+	CHECK(s1.nr_dynamic_stacks_faults > s0.nr_dynamic_stacks_faults || stacks_whole());
 	for (int i = 0; i < NCORO; i++) {
 		CHECK(dynstack_coro_resume(c[i]) == 0);
 		CHECK(dynstack_coro_status(c[i]) == DYNSTACK_CORO_DEAD);
@@ -409,6 +408,10 @@ static void test_fork_live_stacks(void **state)
 	static const char *const env[] = { "DYNSTACK_CACHE=16", NULL };
 	int status;
 
+	SKIP_UNDER(tsan,
+		   "in a forked child TSan (GCC 12) loses the happens-before of a switch to a "
+		   "fiber made before the fork: the parent's coroutines resumed there report "
+		   "false races");
 	assert_int_equal(run_self("--fork-live", env, &status, child_err, sizeof(child_err)), 0);
 	if (!WIFEXITED(status) || WEXITSTATUS(status))
 		fail_msg("process %s; stderr:\n%s", describe_status(status), child_err);
@@ -585,6 +588,9 @@ static void test_fork_from_thread(void **state)
 			      " other threads allocate: skipped\n");
 		skip();
 	}
+	SKIP_UNDER(valgrind, "a child forked while other threads run keeps their objects, which "
+			     "only those threads' stacks pointed to: Memcheck reports them "
+			     "definitely lost when each child exits");
 	static const char *const cache_on[] = { "DYNSTACK_CACHE=16", NULL };
 	static const char *const cache_off[] = { "DYNSTACK_CACHE=0", NULL };
 	const char *const *env[] = { cache_off, cache_on };

@@ -445,9 +445,10 @@ static void check_stats_at_exit(const char *mode, const char *const *env, bool w
 #undef EXPECT_LINE
 	assert_true(contains(after, "\nnr_dynamic_stacks_created 1\n"));
 	assert_true(contains(after, "\nnr_dynamic_stacks_destroyed 1\n"));
-	/* The child grew its stack by one fault (none: WHOLE_UNDER_VALGRIND). */
-	assert_true(contains(after, under_valgrind() ? "\nnr_dynamic_stacks_faults 0\n" :
-						       "\nnr_dynamic_stacks_faults 1\n"));
+	/* The child grew its stack by one fault (none where stacks are
+	 * committed whole). */
+	assert_true(contains(after, stacks_whole() ? "\nnr_dynamic_stacks_faults 0\n" :
+						     "\nnr_dynamic_stacks_faults 1\n"));
 	assert_true(contains(after, "\nnr_dynamic_stacks 0\n"));
 	assert_true(contains(after, "\ndynamic_stacks_backend guard\n") ||
 		    contains(after, "\ndynamic_stacks_backend mprotect\n"));
@@ -480,7 +481,8 @@ static int reinstall_child(void *arg)
 	CHECK(handler_is_installed());
 	char *top = dynstack_top(s);
 	size_t before = dynstack_committed(s);
-	if (!under_valgrind()) { /* no growth to try: WHOLE_UNDER_VALGRIND */
+	/* No growth to try where stacks are committed whole. */
+	if (!stacks_whole()) {
 		*(volatile char *)(top - before - 1) = 1; /* SIG_DFL would kill here */
 		CHECK(dynstack_committed(s) == before + page_size());
 	}
@@ -519,9 +521,9 @@ static void *altstack_thread(void *arg)
 	sigaltstack(NULL, &p->after_init);
 	p->sync_during = stats_now().nr_dynamic_stacks_sync_stacks;
 	/* Growth works on this thread, whichever stack the handler runs on
-	 * (no growth to try: WHOLE_UNDER_VALGRIND). */
+	 * (no growth to try where stacks are committed whole). */
 	dynstack_t *s;
-	p->grew = under_valgrind();
+	p->grew = stacks_whole();
 	if (!p->grew && dynstack_create(&s, NULL) == 0) {
 		char *top = dynstack_top(s);
 		*(volatile char *)(top - 3 * page_size()) = 1;

@@ -219,11 +219,16 @@ static void *remaining_thread(void *arg)
 	return NULL;
 }
 
+/* A thread stack this test maps itself. TSan's per-thread state lives in the static TLS that
+ * glibc carves from the top of a thread's stack: there it needs some 900 KiB, or pthread_create
+ * fails with EINVAL. */
+#define OWN_THREAD_STACK (under_tsan() ? 2 * MIB : 256 * KIB)
+
 /* Other threads: one with the default stack (against pthread_getattr_np) and one on a stack
  * this test mapped itself, whose floor is known without asking glibc. */
 static void test_remaining_pthread(void **state)
 {
-	const size_t size = 256 * KIB;
+	const size_t size = OWN_THREAD_STACK;
 	struct thread_probe t = { .lo = 0 };
 	pthread_t th;
 	pthread_attr_t attr;
@@ -316,7 +321,7 @@ static void *below_thread(void *arg)
 
 static int thread_below_arena_main(void)
 {
-	const size_t size = 256 * KIB;
+	const size_t size = OWN_THREAD_STACK;
 	size_t thread_rem = 0;
 
 	CHECK(dynstack_coro_create(&below_coro, below_coro_fn, NULL, NULL) == 0);
@@ -426,6 +431,7 @@ static void ensure_coro(void *arg)
 static void test_ensure_exact_pages(void **state)
 {
 	TAKE_SIGSEGV();
+	SKIP_IF_WHOLE();
 	struct ensure_run r = { .rc = -1 };
 	size_t ps = page_size();
 
@@ -1504,12 +1510,14 @@ static void seg_ensure_coro(void *arg)
 static void test_ensure_on_segment(void **state)
 {
 	TAKE_SIGSEGV();
+	SKIP_IF_WHOLE();
 	struct seg_ensure_run r = { .rc = 1 };
 
 	assert_int_equal(run_coro(seg_ensure_coro, &r, 16 * KIB, NULL), 0);
 	assert_int_equal(r.rc, 0);
 	assert_true(r.ensured >= 48 * KIB / page_size() - 1);
-	assert_true(r.levels >= 10); /* it recursed: 40 KiB in frames of 400 B or less (4 KiB with ASan) */
+	assert_true(r.levels >=
+		    10); /* it recursed: 40 KiB in frames of 400 B or less (4 KiB with ASan) */
 	assert_int_equal(r.faults, 0);
 }
 

@@ -166,7 +166,8 @@ static int segv_chain_child(void *arg)
 	CHECK(dynstack_coro_resume(c) == 0);
 	CHECK(levels > 0);
 	CHECK(dynstack_committed(dynstack_coro_stack(c)) >= (32 << 10));
-	CHECK(stats_now().nr_dynamic_stacks_faults > before.nr_dynamic_stacks_faults);
+	CHECK(stats_now().nr_dynamic_stacks_faults > before.nr_dynamic_stacks_faults ||
+	      stacks_whole());
 	CHECK(foreign_calls == 0);
 	CHECK(dynstack_coro_destroy(c) == 0);
 
@@ -174,7 +175,9 @@ static int segv_chain_child(void *arg)
 	foreign_page = mmap(NULL, page_size(), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	CHECK(foreign_page != MAP_FAILED);
 	volatile char *p = (char *)foreign_page + 123;
+	valgrind_errors_off(); /* the fault is meant */
 	*p = 42;
+	valgrind_errors_on();
 	CHECK(foreign_calls == 1);
 	CHECK(foreign_addr == (void *)p);
 	CHECK(*p == 42);
@@ -381,8 +384,11 @@ static void run_storm(int nested)
 	}
 
 	/* The sync stack is idle outside handlers: fill it, and after the storm
-	 * the lowest byte changed is the high-water mark of the handlers. */
+	 * the lowest byte changed is the high-water mark of the handlers. (To
+	 * Memcheck it is a stack whose frames are dead: not to be checked.) */
+	valgrind_errors_off();
 	memset((void *)ds_sync_lo, SYNC_PATTERN, ds_sync_hi - ds_sync_lo);
+	valgrind_errors_on();
 
 	struct sigaction act = plain_action(on_alarm), old;
 	act.sa_flags = SA_RESTART;
@@ -390,10 +396,11 @@ static void run_storm(int nested)
 	set_timer(100);
 
 	/* Run for at least 1.5 s and 2000 deliveries; give up after 10 s (then
-	 * the delivery check below fails). */
-	double start = now_s();
+	 * the delivery check below fails), 100 s under Valgrind, which delivers
+	 * a few hundred signals a second. */
+	double start = now_s(), limit = under_valgrind() ? 100.0 : 10.0;
 	uint64_t rounds = 0;
-	while (now_s() - start < 10.0 &&
+	while (now_s() - start < limit &&
 	       (now_s() - start < 1.5 || atomic_load(&storm.deliveries) < 2000)) {
 		for (int i = 0; i < NWORKERS; i++) {
 			storm.running = i;
@@ -405,8 +412,19 @@ static void run_storm(int nested)
 		if (++rounds % 4 == 0)
 			assert_int_equal(dynstack_flush(), 0);
 	}
+	/* A tick the timer sent before it stopped may still be pending (Valgrind
+	 * delivers asynchronous signals late, at its next poll): it must not
+	 * meet the default action once the handler is gone. */
+	sigset_t alrm, mask;
+	struct timespec now_or_never = { 0, 0 };
+	sigemptyset(&alrm);
+	sigaddset(&alrm, SIGALRM);
+	assert_int_equal(pthread_sigmask(SIG_BLOCK, &alrm, &mask), 0);
 	set_timer(0);
+	while (sigtimedwait(&alrm, NULL, &now_or_never) == SIGALRM)
+		; /* dropped: it came after the last round */
 	assert_int_equal(dynstack_sigaction(SIGALRM, &old, NULL), 0);
+	assert_int_equal(pthread_sigmask(SIG_SETMASK, &mask, NULL), 0);
 
 	/* Every committed page is accounted for: the gauge is the sum. */
 	assert_int_equal(dynstack_flush(), 0);
@@ -415,8 +433,10 @@ static void run_storm(int nested)
 	for (int i = 0; i < NWORKERS; i++)
 		pages += dynstack_committed(dynstack_coro_stack(storm.w[i].c)) / after.page_size;
 	assert_int_equal(after.nr_dynamic_stacks_pages - before.nr_dynamic_stacks_pages, pages);
-	assert_true(after.nr_dynamic_stacks_faults > before.nr_dynamic_stacks_faults);
-	assert_true(after.nr_dynamic_stacks_trimmed > before.nr_dynamic_stacks_trimmed);
+	if (!stacks_whole()) { /* otherwise no growth and no trim, only the signals */
+		assert_true(after.nr_dynamic_stacks_faults > before.nr_dynamic_stacks_faults);
+		assert_true(after.nr_dynamic_stacks_trimmed > before.nr_dynamic_stacks_trimmed);
+	}
 	assert_int_equal(after.nr_dynamic_stacks_overflows, before.nr_dynamic_stacks_overflows);
 
 	/* Stop: each worker climbs back up, checking its frames, and returns. */
@@ -435,8 +455,10 @@ static void run_storm(int nested)
 	}
 
 	uintptr_t low = ds_sync_lo;
+	valgrind_errors_off();
 	while (low < ds_sync_hi && *(volatile unsigned char *)low == SYNC_PATTERN)
 		low++;
+	valgrind_errors_on();
 	size_t used = ds_sync_hi - low;
 	print_message("storm%s: %llu deliveries, %llu rounds, %llu descents, %llu faults, "
 		      "%llu pages trimmed, %llu nested touches (%llu committed), sync-stack "
@@ -453,7 +475,10 @@ static void run_storm(int nested)
 	assert_int_equal(corrupt, 0);
 	assert_true(descents >= NWORKERS);
 	assert_true(atomic_load(&storm.deliveries) >= 2000);
-	assert_int_equal(atomic_load(&storm.off_sync), 0);
+	/* TSan's own handler takes the signal on the sync stack and runs ours
+	 * later, at a point of its choosing, on whatever stack is live then. */
+	if (!under_tsan())
+		assert_int_equal(atomic_load(&storm.off_sync), 0);
 	assert_true(used > 0); /* the handlers did run there */
 	assert_true(used < DYNSTACK_MIN_SYNC_STACK - DS_SYNC_HEADROOM);
 	if (nested) {
@@ -469,6 +494,7 @@ static void test_storm(void **state)
 
 static void test_storm_nested_fault(void **state)
 {
+	SKIP_IF_WHOLE(); /* the handler's touches are growth faults */
 	run_storm(1);
 }
 
@@ -522,6 +548,7 @@ static int no_onstack_child(void *arg)
 
 static void test_handler_without_onstack_reported(void **state)
 {
+	SKIP_IF_WHOLE(); /* it needs an uncommitted page below a green stack pointer */
 	expect_child_sigsegv(no_onstack_child, NULL);
 	assert_non_null(strstr(child_err, "lacks SA_ONSTACK"));
 	assert_non_null(strstr(child_err, "dynstack_sigaction"));

@@ -272,6 +272,7 @@ static size_t reserve_of(const char *spec)
 static void test_replay_as_recorded(void **state)
 {
 	TAKE_SIGSEGV();
+	SKIP_IF_WHOLE();
 	register_nosy();
 	for (size_t p = 0; p < sizeof(recorded_specs) / sizeof(*recorded_specs); p++) {
 		const char *spec = recorded_specs[p];
@@ -458,6 +459,8 @@ static void test_step1_trace_predicts_other_policies(void **state)
 		{ "step=1,overflow=warn:8k", "learn,overflow=warn:8k" },
 	};
 	char trace[256], live[256], trace2[256], live2[256];
+
+	SKIP_IF_WHOLE();
 	struct live_run lr;
 	char err[256];
 
@@ -505,6 +508,7 @@ static void test_step1_trace_predicts_other_policies(void **state)
 static void test_coarse_recording_is_a_lower_bound(void **state)
 {
 	TAKE_SIGSEGV();
+	SKIP_IF_WHOLE();
 	size_t ps = page_size();
 	char path[256], err[256];
 	struct ds_policy step1;
@@ -543,6 +547,7 @@ static void test_coarse_recording_is_a_lower_bound(void **state)
 static void test_explicit_initial_is_kept(void **state)
 {
 	TAKE_SIGSEGV();
+	SKIP_IF_WHOLE();
 	size_t ps = page_size();
 	char path[256], err[256];
 	struct ds_policy pol;
@@ -595,6 +600,7 @@ static void overflowing_body(void *arg)
 static void test_overflow_fail(void **state)
 {
 	TAKE_SIGSEGV();
+	SKIP_IF_WHOLE();
 	size_t ps = page_size();
 	char path[256], err[256];
 	struct live_run lr = { .n = 0 };
@@ -708,6 +714,7 @@ static void test_replay_with_trims(void **state)
 		"double=16k,trim=yield:1",
 	};
 	TAKE_SIGSEGV();
+	SKIP_IF_WHOLE();
 
 	for (size_t p = 0; p < sizeof(specs) / sizeof(*specs); p++) {
 		struct live_run lr = { .n = 0 };
@@ -1167,6 +1174,7 @@ static int run_tool(const char *tool, const char *path, char *const *argv, char 
 static void test_command_line(void **state)
 {
 	TAKE_SIGSEGV();
+	SKIP_IF_WHOLE();
 	char tool[4200], trace[256], junk[256], csv[256], plot[300], out[16384];
 	struct live_run lr = { .n = 0 };
 

@@ -109,7 +109,7 @@ static void test_create_custom(void **state)
 static void test_initial_commits_exactly(void **state)
 {
 	TAKE_SIGSEGV();
-	SKIP_UNDER(valgrind, WHOLE_UNDER_VALGRIND);
+	SKIP_IF_WHOLE();
 	size_t ps = page_size();
 
 	for (size_t pages = 1; pages <= 16; pages++) {
@@ -161,7 +161,7 @@ static void test_deep_recursion(void **state)
 	/* Every level found its frame intact after the levels below faulted. */
 	assert_true(d.levels > (size - ps) / 512);
 	size_t committed = dynstack_committed(s);
-	if (under_valgrind()) { /* WHOLE_UNDER_VALGRIND: the frames are what is left */
+	if (stacks_whole()) { /* no growth: the frames are what is left */
 		assert_int_equal(committed, size);
 		assert_int_equal(dynstack_coro_destroy(c), 0);
 		return;
@@ -214,7 +214,7 @@ static void jump_fn(void *arg)
 static void test_big_frame_one_fault(void **state)
 {
 	TAKE_SIGSEGV();
-	SKIP_UNDER(valgrind, WHOLE_UNDER_VALGRIND);
+	SKIP_IF_WHOLE();
 	const size_t size = 128 * 1024, ps = page_size();
 	dynstack_attr_t attr;
 	dynstack_coro_t *c;

@@ -51,10 +51,10 @@ static void test_snapshot_follows_activity(void **state)
 	assert_int_equal(dynstack_attr_init(&attr), 0);
 	attr.size = 64 * 1024;
 	attr.initial = 2 * ps;
-	/* Where stacks are committed whole (WHOLE_UNDER_VALGRIND), all at
+	/* Where stacks are committed whole, all at
 	 * create and no faults. */
 	const uint64_t per_stack = created_committed(attr.size, attr.initial) / ps;
-	const uint64_t faults = under_valgrind() ? 0 : 2;
+	const uint64_t faults = stacks_whole() ? 0 : 2;
 	dynstack_stats_t st0 = stats_now();
 	assert_int_equal(st0.struct_size, sizeof(dynstack_stats_t));
 	assert_int_equal(st0.page_size, ps);

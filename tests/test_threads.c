@@ -109,7 +109,7 @@ static void *worker_main(void *arg)
 static void test_concurrent_faults_exact(void **state)
 {
 	TAKE_SIGSEGV();
-	SKIP_UNDER(valgrind, WHOLE_UNDER_VALGRIND);
+	SKIP_IF_WHOLE();
 	assert_int_equal(CORO_PAGES * 4096, CORO_SIZE);
 	if (page_size() != 4096) {
 		print_message("page size is not 4 KiB: the page counts are for 4 KiB\n");
@@ -280,7 +280,7 @@ static void *grower_main(void *arg)
 static void test_threads_grow_foreign_stacks(void **state)
 {
 	TAKE_SIGSEGV();
-	SKIP_UNDER(valgrind, WHOLE_UNDER_VALGRIND);
+	SKIP_IF_WHOLE();
 	pthread_barrier_t start;
 	struct grower g[THREADS];
 	pthread_t th[THREADS];
@@ -317,7 +317,7 @@ static void test_threads_grow_foreign_stacks(void **state)
 static void test_shared_stack_race(void **state)
 {
 	TAKE_SIGSEGV();
-	SKIP_UNDER(valgrind, WHOLE_UNDER_VALGRIND);
+	SKIP_IF_WHOLE();
 	pthread_barrier_t start;
 	struct grower g[THREADS];
 	pthread_t th[THREADS];

@@ -270,6 +270,7 @@ static void test_round_trip(void **state)
 	struct trace t;
 
 	TAKE_SIGSEGV();
+	SKIP_IF_WHOLE();
 	set_up_thread();
 	temp_path(p, sizeof(p), "round-trip");
 	assert_true(dynstack_policy_get(spec, sizeof(spec)) > 0);
@@ -451,7 +452,8 @@ static void test_two_threads(void **state)
 			next++;
 		}
 		assert_int_equal(next, THREAD_MARKS);
-		assert_int_equal(faults, THREAD_PAGES);
+		/* None where stacks are committed whole. */
+		assert_int_equal(faults, stacks_whole() ? 0 : THREAD_PAGES);
 	}
 	assert_int_equal(count_type(&t, DS_EV_LOST, 0), 0);
 	assert_int_equal(after.nr_dynamic_stacks_trace_dropped,
@@ -601,9 +603,15 @@ static void test_nested_emit(void **state)
 	handler_seq = 0;
 	dynstack_stats_t before = stats_now();
 	assert_int_equal(dynstack_trace_start(p), 0);
+	/* Under Valgrind the handler takes longer than 20 us: a write(2) of the
+	 * flush below, interrupted and restarted (SA_RESTART), would meet the
+	 * next signal every time and never complete. */
+	if (under_valgrind())
+		tick.it_interval.tv_usec = tick.it_value.tv_usec = 1000;
 	assert_int_equal(setitimer(ITIMER_REAL, &tick, NULL), 0);
 	/* Until enough signals have landed, whatever the machine's speed. */
-	while (handler_seq < 3000 || n < 200000) {
+	const uint64_t signals = under_valgrind() ? 300 : 3000;
+	while (handler_seq < signals || n < 200000) {
 		emit_mark(1, n++);
 		if (n % 512 == 0)
 			assert_int_equal(dynstack_trace_flush(), 0);

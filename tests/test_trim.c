@@ -255,6 +255,7 @@ static void idle_yield_trims(dynstack_coro_t *c, struct job *j, size_t margin)
 static void test_trim_gives_pages_back(void **state)
 {
 	TAKE_SIGSEGV();
+	SKIP_IF_WHOLE();
 	size_t ps = page_size();
 	struct job j;
 	dynstack_coro_t *c = job_new(&j, "trim=yield:1", 256 * KIB, 0);
@@ -291,6 +292,7 @@ static void test_trim_gives_pages_back(void **state)
 static void test_idle_count(void **state)
 {
 	TAKE_SIGSEGV();
+	SKIP_IF_WHOLE();
 	struct job j;
 	dynstack_coro_t *c = job_new(&j, "trim=yield:4", 256 * KIB, 0);
 
@@ -306,6 +308,7 @@ static void test_idle_count(void **state)
 static void test_growth_resets_count(void **state)
 {
 	TAKE_SIGSEGV();
+	SKIP_IF_WHOLE();
 	struct job j;
 	dynstack_coro_t *c = job_new(&j, "trim=yield:4", 256 * KIB, 0);
 	dynstack_stats_t st = stats_now();
@@ -328,6 +331,7 @@ static void test_growth_resets_count(void **state)
 static void test_mistrim_doubles_wait(void **state)
 {
 	TAKE_SIGSEGV();
+	SKIP_IF_WHOLE();
 	struct job j;
 	dynstack_coro_t *c = job_new(&j, "trim=yield:4", 256 * KIB, 0);
 	dynstack_t *s = dynstack_coro_stack(c);
@@ -360,6 +364,7 @@ static void test_mistrim_doubles_wait(void **state)
 static void test_mistrim_backoff_is_capped(void **state)
 {
 	TAKE_SIGSEGV();
+	SKIP_IF_WHOLE();
 	struct job j;
 	dynstack_coro_t *c = job_new(&j, "trim=yield:768", 256 * KIB, 0);
 	dynstack_t *s = dynstack_coro_stack(c);
@@ -398,6 +403,7 @@ static void test_trim_off(void **state)
 static void test_margin(void **state)
 {
 	TAKE_SIGSEGV();
+	SKIP_IF_WHOLE();
 	struct job j;
 	dynstack_coro_t *c = job_new(&j, "trim=yield:1,margin=40k", 256 * KIB, 0);
 	dynstack_t *s = dynstack_coro_stack(c);
@@ -418,6 +424,7 @@ static void test_margin(void **state)
 static void test_exit_is_trim_point(void **state)
 {
 	TAKE_SIGSEGV();
+	SKIP_IF_WHOLE();
 	struct job j;
 	dynstack_coro_t *c = job_new(&j, "trim=yield:1", 256 * KIB, 0);
 	dynstack_t *s = dynstack_coro_stack(c);
@@ -441,6 +448,7 @@ static void test_exit_is_trim_point(void **state)
 static void test_resume_cancels(void **state)
 {
 	TAKE_SIGSEGV();
+	SKIP_IF_WHOLE();
 	struct job j;
 	dynstack_coro_t *c = job_new(&j, "trim=yield:2", 256 * KIB, 0);
 	dynstack_t *s = dynstack_coro_stack(c);
@@ -478,6 +486,7 @@ static void lone_fn(void *arg)
 static void test_lone_coroutine_trimmed_without_flush(void **state)
 {
 	TAKE_SIGSEGV();
+	SKIP_IF_WHOLE();
 	volatile int deep = 1;
 	dynstack_attr_t attr;
 	dynstack_coro_t *c;
@@ -546,6 +555,7 @@ static int stale_entry_child(void *arg)
 
 static void test_stale_entry_after_requeue(void **state)
 {
+	SKIP_IF_WHOLE();
 	int status;
 
 	assert_int_equal(
@@ -583,6 +593,7 @@ static void *cross_thread_a(void *arg)
 static void test_cancel_across_threads(void **state)
 {
 	TAKE_SIGSEGV();
+	SKIP_IF_WHOLE();
 	struct job j;
 	struct cross x = { .j = &j };
 	pthread_t a;
@@ -626,6 +637,7 @@ static void test_cancel_across_threads(void **state)
 static void test_destroy_with_queued_trim(void **state)
 {
 	TAKE_SIGSEGV();
+	SKIP_IF_WHOLE();
 	size_t ps = page_size();
 	struct job j;
 	dynstack_coro_t *c = job_new(&j, "trim=yield:1", 256 * KIB, 0);
@@ -663,6 +675,7 @@ static void test_destroy_with_queued_trim(void **state)
 static void test_new_stack_is_not_hot(void **state)
 {
 	TAKE_SIGSEGV();
+	SKIP_IF_WHOLE();
 	dynstack_attr_t attr;
 	dynstack_t *old;
 	struct job j;
@@ -804,6 +817,7 @@ static void run_mode(const char *mode, const char *const *env)
 
 static void test_batches(void **state)
 {
+	SKIP_IF_WHOLE();
 	static const char *const pages40[] = { "DYNSTACK_TRIM_BATCH=40", "DYNSTACK_POLICY", NULL };
 	static const char *const big[] = { "DYNSTACK_TRIM_BATCH=1000000", "DYNSTACK_POLICY", NULL };
 
@@ -835,6 +849,7 @@ static void *queue_and_exit(void *arg)
 static void test_thread_exit_flushes(void **state)
 {
 	TAKE_SIGSEGV();
+	SKIP_IF_WHOLE();
 	struct job j;
 	struct on_thread t = { .j = &j };
 	pthread_t th;
@@ -857,6 +872,7 @@ static void test_thread_exit_flushes(void **state)
 static void test_thread_exit_trim_is_traced(void **state)
 {
 	TAKE_SIGSEGV();
+	SKIP_IF_WHOLE();
 	char path[256];
 	struct job j;
 	struct on_thread t = { .j = &j };
@@ -951,6 +967,7 @@ static void test_flush_fresh_thread(void **state)
 static void test_trim_api_sync(void **state)
 {
 	TAKE_SIGSEGV();
+	SKIP_IF_WHOLE();
 	size_t ps = page_size();
 	dynstack_attr_t attr;
 	dynstack_t *s;
