@@ -20,7 +20,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
-#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #if defined(__x86_64__)
@@ -35,7 +34,6 @@
 /* Every stack reserves 64 KiB: the size DESIGN.md section 3 priced mmap/munmap at. */
 #define STACK_SIZE (64 * KIB)
 /* The workload of examples/demo.c at --size 64, in bytes below the top of the stack. */
-#define FRAME_BYTES 192
 #define SHALLOW_MIN 256u
 #define SHALLOW_MAX (2 * KIB)
 #define MEDIUM_MAX (6 * KIB)
@@ -178,19 +176,6 @@ static int plan_make(size_t n)
 		plan[i] = lo + (uint32_t)(x % (hi - lo + 1));
 	}
 	return 0;
-}
-
-/* Recursion with FRAME_BYTES of locals per level, every byte written, down to target bytes
- * below top. */
-static __attribute__((noinline)) unsigned descend(uintptr_t top, uint32_t target, unsigned level)
-{
-	char frame[FRAME_BYTES];
-	memset(frame, (int)level, sizeof(frame));
-	__asm__ volatile("" : : "r"(frame) : "memory");
-	if (top - (uintptr_t)frame < target)
-		level = descend(top, target, level + 1);
-	__asm__ volatile("" : : "r"(frame) : "memory");
-	return level + (unsigned char)frame[level % FRAME_BYTES];
 }
 
 /* One alloca of tens of KiB, every byte written from the bottom up, like demo.c's. */
@@ -634,25 +619,14 @@ int main(int argc, char **argv)
 	/* Other tasks on the CPUs would take the shootdowns away from the 2-thread runs: run above
 	 * them where allowed (root), as is otherwise. */
 	bool raised = setpriority(PRIO_PROCESS, 0, -20) == 0;
-	/* The children set their config themselves; an inherited variable would override it. */
-	unsetenv("DYNSTACK_CACHE");
-	unsetenv("DYNSTACK_CACHE_PAGES");
-	unsetenv("DYNSTACK_TRIM_BATCH");
-	unsetenv("DYNSTACK_POLICY");
-	unsetenv("DYNSTACK_SIZE");
-	unsetenv("DYNSTACK_STATS");
-	unsetenv("DYNSTACK_TRACE");
+	bench_unset_config_env();
 	tick_calibrate();
 	if (plan_make(count > slow ? count : slow)) {
 		fprintf(stderr, "bench_cache: out of memory\n");
 		return 1;
 	}
 
-	struct utsname u;
-	if (!uname(&u))
-		printf("# Linux %s %s, %zu-byte pages, %ld CPUs, nice %d%s\n", u.release, u.machine,
-		       page, sysconf(_SC_NPROCESSORS_ONLN), getpriority(PRIO_PROCESS, 0),
-		       raised ? "" : " (cannot raise the priority)");
+	bench_print_machine(page, raised);
 	printf("# %u KiB stacks; the workload of examples/demo.c: ~92%% shallow 0.25-2 KiB, 5%%"
 	       " medium 2-6 KiB, 1.6%% deep 16-%u KiB, 1.2%% alloca of %u KiB\n",
 	       STACK_SIZE / KIB, DEEP_MAX / KIB, ALLOCA_BYTES / KIB);

@@ -736,15 +736,8 @@ int main(int argc, char **argv)
 	}
 	if (optind != argc)
 		goto usage;
-	/* The children set their config themselves; the environment would override it (and
-	 * DYNSTACK_SHARED_POISON would copy out on every switch). The backend is left to it. */
-	unsetenv("DYNSTACK_CACHE");
-	unsetenv("DYNSTACK_CACHE_PAGES");
-	unsetenv("DYNSTACK_TRIM_BATCH");
-	unsetenv("DYNSTACK_POLICY");
-	unsetenv("DYNSTACK_SIZE");
-	unsetenv("DYNSTACK_STATS");
-	unsetenv("DYNSTACK_TRACE");
+	/* DYNSTACK_SHARED_POISON too: it would copy out on every switch. */
+	bench_unset_config_env();
 	unsetenv("DYNSTACK_SHARED_POISON");
 
 	struct utsname u;

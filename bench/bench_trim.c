@@ -31,7 +31,6 @@
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
-#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -124,19 +123,6 @@ static void pin_to(int cpu)
 	pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
 }
 
-/* Resident pages of the whole process (/proc/self/statm, second field). */
-static long statm_resident(void)
-{
-	FILE *f = fopen("/proc/self/statm", "r");
-	long size, res = -1;
-	if (!f)
-		return -1;
-	if (fscanf(f, "%ld %ld", &size, &res) != 2)
-		res = -1;
-	fclose(f);
-	return res;
-}
-
 /* A sibling thread of the measuring one, spinning on the other CPU: its CPU has this mm's
  * page tables loaded, so every TLB flush of a range must interrupt it (a shootdown). It is made
  * with its affinity already set and reports once it runs there: a thread that inherits the
@@ -204,21 +190,6 @@ static void sibling_note(const struct child_hdr *h)
 /* The workload */
 
 static volatile unsigned sink;
-
-#define FRAME_BYTES 192
-
-/* Recursion with FRAME_BYTES of locals per level, every byte written, down to target bytes
- * below top. */
-static __attribute__((noinline)) unsigned descend(uintptr_t top, size_t target, unsigned level)
-{
-	char frame[FRAME_BYTES];
-	memset(frame, (int)level, sizeof(frame));
-	__asm__ volatile("" : : "r"(frame) : "memory");
-	if (top - (uintptr_t)frame < target)
-		level = descend(top, target, level + 1);
-	__asm__ volatile("" : : "r"(frame) : "memory");
-	return level + (unsigned char)frame[level % FRAME_BYTES];
-}
 
 /* A coroutine that goes deep when asked to, and otherwise yields at once, at shallow depth. */
 struct bu_coro {
@@ -1185,20 +1156,8 @@ int main(int argc, char **argv)
 	/* Other tasks on the sibling's CPU would take the shootdowns away: run above them where
 	 * allowed (root), as is. */
 	bool raised = setpriority(PRIO_PROCESS, 0, -20) == 0;
-	/* The children choose policy and config themselves; inherited variables would override
-	 * them and measure one case under another's name. */
-	unsetenv("DYNSTACK_POLICY");
-	unsetenv("DYNSTACK_CACHE");
-	unsetenv("DYNSTACK_CACHE_PAGES");
-	unsetenv("DYNSTACK_TRIM_BATCH");
-	unsetenv("DYNSTACK_SIZE");
-	unsetenv("DYNSTACK_STATS");
-	unsetenv("DYNSTACK_TRACE");
-	struct utsname u;
-	if (!uname(&u))
-		printf("# Linux %s %s, %zu-byte pages, %ld CPUs, nice %d%s\n", u.release, u.machine,
-		       page, sysconf(_SC_NPROCESSORS_ONLN), getpriority(PRIO_PROCESS, 0),
-		       raised ? "" : " (cannot raise the priority)");
+	bench_unset_config_env();
+	bench_print_machine(page, raised);
 
 	cpu_set_t set;
 	int ncpu = 0;

@@ -19,8 +19,9 @@
 #include <ucontext.h>
 #include <unistd.h>
 
+#include "bench.h"
+
 #define KIB 1024u
-#define FRAME_BYTES 192
 #define MAX_SAMPLES 100000
 
 enum mode {
@@ -53,18 +54,6 @@ static double now_ms(void)
 /* ---- the workload, the same on both kinds of stack */
 
 static volatile unsigned sink;
-
-/* FRAME_BYTES of locals per level, every byte written, down to target bytes below top. */
-static __attribute__((noinline)) unsigned descend(uintptr_t top, size_t target, unsigned level)
-{
-	char frame[FRAME_BYTES];
-	memset(frame, (int)level, sizeof(frame));
-	__asm__ volatile("" : : "r"(frame) : "memory");
-	if (top - (uintptr_t)frame < target)
-		level = descend(top, target, level + 1);
-	__asm__ volatile("" : : "r"(frame) : "memory");
-	return level + (unsigned char)frame[level % FRAME_BYTES];
-}
 
 struct coro {
 	dynstack_coro_t *co; /* library modes */
@@ -151,13 +140,7 @@ static double t0, next_sample;
 
 static long statm_rss_kib(void)
 {
-	FILE *f = fopen("/proc/self/statm", "r");
-	long size, res = -1;
-	if (!f)
-		return -1;
-	if (fscanf(f, "%ld %ld", &size, &res) != 2)
-		res = -1;
-	fclose(f);
+	long res = statm_resident();
 	return res < 0 ? -1 : res * (long)(page / KIB);
 }
 

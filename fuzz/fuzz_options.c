@@ -11,10 +11,9 @@
  * without naming the variable); and a rejected one is named on stderr.
  * stderr is captured around the call: the messages are checked, not
  * printed (sanitizer reports still go to the real stderr).
- * Built with -DDS_FUZZ_STANDALONE it is a plain program that runs every file
- * (or every file of every directory) named on its command line: the corpus
- * as a regular test, with any compiler. */
-#include <dirent.h>
+ * Built with -DDS_FUZZ_STANDALONE (and driver.c) it is a plain program that
+ * runs every file (or every file of every directory) named on its command
+ * line: the corpus as a regular test, with any compiler. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdbool.h>
@@ -26,6 +25,7 @@
 #include <unistd.h>
 
 #include "dynstack.h"
+#include "driver.h"
 #include "internal.h"
 
 #if defined(__has_feature)
@@ -46,8 +46,6 @@ void __sanitizer_set_report_fd(void *fd);
 #define SIZE_MAX_ALLOWED ((uint64_t)DYNSTACK_MAX_SIZE)
 
 extern char **environ;
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static const char *fuzz_input = "";
 
@@ -296,72 +294,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 }
 
 #ifdef DS_FUZZ_STANDALONE
-static int run_file(const char *path)
-{
-	FILE *f = fopen(path, "rb");
-	uint8_t *buf = NULL;
-	size_t len = 0, cap = 0;
-
-	if (!f) {
-		fprintf(stderr, "fuzz_options: %s: %s\n", path, strerror(errno));
-		return -1;
-	}
-	for (;;) {
-		if (len == cap) {
-			uint8_t *more = realloc(buf, cap = cap ? 2 * cap : 4096);
-			if (!more) {
-				free(buf);
-				fclose(f);
-				return -1;
-			}
-			buf = more;
-		}
-		size_t got = fread(buf + len, 1, cap - len, f);
-		len += got;
-		if (!got)
-			break;
-	}
-	int bad = ferror(f);
-	fclose(f);
-	if (bad) {
-		fprintf(stderr, "fuzz_options: %s: read error\n", path);
-		free(buf);
-		return -1;
-	}
-	LLVMFuzzerTestOneInput(buf, len);
-	free(buf);
-	return 0;
-}
-
-/* As libFuzzer takes them: files, or directories whose files are inputs. */
 int main(int argc, char **argv)
 {
-	unsigned inputs = 0;
-
-	for (int i = 1; i < argc; i++) {
-		DIR *d = opendir(argv[i]);
-		if (!d) {
-			if (run_file(argv[i]))
-				return 1;
-			inputs++;
-			continue;
-		}
-		struct dirent *e;
-		while ((e = readdir(d))) {
-			char path[4096];
-			if (e->d_name[0] == '.')
-				continue;
-			if (snprintf(path, sizeof(path), "%s/%s", argv[i], e->d_name) >=
-				    (int)sizeof(path) ||
-			    run_file(path)) {
-				closedir(d);
-				return 1;
-			}
-			inputs++;
-		}
-		closedir(d);
-	}
-	printf("fuzz_options: %u inputs, no failure\n", inputs);
-	return 0;
+	return fuzz_driver_main("fuzz_options", argc, argv);
 }
 #endif

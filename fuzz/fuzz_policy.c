@@ -4,10 +4,9 @@
  * accepted one has every value in its documented range, a canonical text that
  * parses back to itself, and grow decisions within [depth, limit]. Any
  * violation aborts, which libFuzzer reports as a crash.
- * Built with -DDS_FUZZ_STANDALONE it is a plain program that runs every file
- * (or every file of every directory) named on its command line: the corpus
- * as a regular test, with any compiler. */
-#include <dirent.h>
+ * Built with -DDS_FUZZ_STANDALONE (and driver.c) it is a plain program that
+ * runs every file (or every file of every directory) named on its command
+ * line: the corpus as a regular test, with any compiler. */
 #include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -15,13 +14,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "driver.h"
 #include "dynstack.h"
 #include "policy.h"
 
 #define SIZE_LIMIT ((size_t)1 << 30) /* sizes are 1..1G (docs/policies.md) */
 #define STEP_LIMIT 4096
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define FUZZ_CHECK(cond, spec)                                                                     \
 	do {                                                                                       \
@@ -178,72 +176,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 }
 
 #ifdef DS_FUZZ_STANDALONE
-static int run_file(const char *path)
-{
-	FILE *f = fopen(path, "rb");
-	uint8_t *buf = NULL;
-	size_t len = 0, cap = 0;
-
-	if (!f) {
-		fprintf(stderr, "fuzz_policy: %s: %s\n", path, strerror(errno));
-		return -1;
-	}
-	for (;;) {
-		if (len == cap) {
-			uint8_t *more = realloc(buf, cap = cap ? 2 * cap : 4096);
-			if (!more) {
-				free(buf);
-				fclose(f);
-				return -1;
-			}
-			buf = more;
-		}
-		size_t got = fread(buf + len, 1, cap - len, f);
-		len += got;
-		if (!got)
-			break;
-	}
-	int bad = ferror(f);
-	fclose(f);
-	if (bad) {
-		fprintf(stderr, "fuzz_policy: %s: read error\n", path);
-		free(buf);
-		return -1;
-	}
-	LLVMFuzzerTestOneInput(buf, len);
-	free(buf);
-	return 0;
-}
-
-/* As libFuzzer takes them: files, or directories whose files are inputs. */
 int main(int argc, char **argv)
 {
-	unsigned inputs = 0;
-
-	for (int i = 1; i < argc; i++) {
-		DIR *d = opendir(argv[i]);
-		if (!d) {
-			if (run_file(argv[i]))
-				return 1;
-			inputs++;
-			continue;
-		}
-		struct dirent *e;
-		while ((e = readdir(d))) {
-			char path[4096];
-			if (e->d_name[0] == '.')
-				continue;
-			if (snprintf(path, sizeof(path), "%s/%s", argv[i], e->d_name) >=
-				    (int)sizeof(path) ||
-			    run_file(path)) {
-				closedir(d);
-				return 1;
-			}
-			inputs++;
-		}
-		closedir(d);
-	}
-	printf("fuzz_policy: %u inputs, no failure\n", inputs);
-	return 0;
+	return fuzz_driver_main("fuzz_policy", argc, argv);
 }
 #endif

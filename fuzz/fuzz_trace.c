@@ -4,20 +4,18 @@
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Isrc -Iinclude -Ibuild \
  *         fuzz/fuzz_trace.c src/trace-read.c -o fuzz_trace
  *   ./fuzz_trace -max_total_time=60 fuzz/corpus/trace
- * Without it (-DDS_FUZZ_STANDALONE), a driver that runs every file named on
- * the command line once, so that the corpus runs as a plain test:
- *   cc -DDS_FUZZ_STANDALONE -Isrc -Iinclude fuzz/fuzz_trace.c src/trace-read.c
- *   ./a.out fuzz/corpus/trace/FILE...
+ * Without it (-DDS_FUZZ_STANDALONE, with driver.c), a program that runs every
+ * file (or every file of every directory) named on the command line once, so
+ * that the corpus runs as a plain test:
+ *   cc -DDS_FUZZ_STANDALONE -Isrc -Iinclude fuzz/fuzz_trace.c fuzz/driver.c src/trace-read.c
+ *   ./a.out fuzz/corpus/trace
  */
 #include <errno.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
+#include "driver.h"
 #include "trace.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static volatile uint8_t sink;
 
@@ -47,33 +45,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 #ifdef DS_FUZZ_STANDALONE
 int main(int argc, char **argv)
 {
-	for (int i = 1; i < argc; i++) {
-		FILE *f = fopen(argv[i], "rb");
-		if (!f) {
-			perror(argv[i]);
-			return 1;
-		}
-		uint8_t *buf = NULL;
-		size_t len = 0, cap = 0, n;
-		do {
-			if (len == cap) {
-				cap = cap ? cap * 2 : 4096;
-				uint8_t *bigger = realloc(buf, cap);
-				if (!bigger) {
-					fclose(f);
-					free(buf);
-					return 1;
-				}
-				buf = bigger;
-			}
-			n = fread(buf + len, 1, cap - len, f);
-			len += n;
-		} while (n);
-		fclose(f);
-		LLVMFuzzerTestOneInput(buf, len);
-		free(buf);
-		printf("%s: %zu bytes, ok\n", argv[i], len);
-	}
-	return 0;
+	return fuzz_driver_main("fuzz_trace", argc, argv);
 }
 #endif

@@ -54,6 +54,7 @@ typedef struct dynstack_config {
 	size_t cache_pages;	    /* committed pages all caches may keep (DYNSTACK_CACHE_PAGES) */
 	size_t trim_batch; /* pages a thread queues before decommitting (DYNSTACK_TRIM_BATCH) */
 	int shared_poison; /* every group poisons, see DYNSTACK_GROUP_POISON (DYNSTACK_SHARED_POISON=1) */
+	int check_handles; /* destroyed coroutines never reused; using one aborts (DYNSTACK_CHECK_HANDLES=1) */
 } dynstack_config_t;
 
 /* Fill *cfg with the defaults. Returns -EINVAL for NULL. */
@@ -304,7 +305,7 @@ DYNSTACK_API int dynstack_coro_create(dynstack_coro_t **out, dynstack_coro_fn fn
 				      const dynstack_attr_t *attr);
 /* Run c until it yields or returns. It may be resumed from any OS thread,
  * never from two at once (a contract, not arbitrated); a shared-mode one
- * only on its group's thread. -EINVAL: NULL or dead, or a shared-mode
+ * only on its group's thread. -EINVAL: NULL, dead or destroyed, or a shared-mode
  * coroutine resumed on a thread its group does not belong to (or whose
  * thread exited); -EBUSY: running, waiting for a coroutine it resumed,
  * resumed from inside itself, or another coroutine of its group runs; -ENOMEM: no sync stack for this thread; -EOVERFLOW: c
@@ -313,12 +314,17 @@ DYNSTACK_API int dynstack_coro_resume(dynstack_coro_t *c);
 /* Suspend the running coroutine, back to whoever resumed it. -EPERM when
  * called outside a coroutine. */
 DYNSTACK_API int dynstack_coro_yield(void);
-/* A dynstack_coro_status_t value, or -EINVAL for NULL. */
+/* A dynstack_coro_status_t value, or -EINVAL for NULL or a destroyed handle. */
 DYNSTACK_API int dynstack_coro_status(const dynstack_coro_t *c);
 /* Free a coroutine that is suspended or dead (its stack goes with it).
- * NULL is a no-op returning 0; -EBUSY while it is running or normal. */
+ * NULL is a no-op returning 0; -EBUSY while it is running or normal.
+ * Using the handle afterwards is refused with -EINVAL (NULL from
+ * dynstack_coro_stack) until a later create reuses the object; with
+ * check_handles it is never reused and any use aborts (docs/api.md,
+ * "Destroyed handles"). */
 DYNSTACK_API int dynstack_coro_destroy(dynstack_coro_t *c);
-/* The coroutine's stack (owned by the coroutine), NULL for NULL. */
+/* The coroutine's stack (owned by the coroutine), NULL for NULL or a
+ * destroyed handle. */
 DYNSTACK_API dynstack_t *dynstack_coro_stack(const dynstack_coro_t *c);
 /* The coroutine running on this thread, or NULL. */
 DYNSTACK_API dynstack_coro_t *dynstack_coro_current(void);

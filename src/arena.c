@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <string.h>
 
+#include "coro.h"
 #include "internal.h"
 
 #define DS_MAP_ENTRIES ((size_t)1 << (DS_VA_BITS - DS_CHUNK_SHIFT))
@@ -71,6 +72,12 @@ uintptr_t ds_slot_base(const struct dynstack *s)
 	return a->base + ((uintptr_t)(s - a->slots) << a->shift);
 }
 
+struct dynstack_coro *ds_arena_coro(const struct dynstack *s)
+{
+	const struct ds_arena *a = s->arena;
+	return (struct dynstack_coro *)a->coros + (s - a->slots);
+}
+
 unsigned ds_arena_class(size_t size)
 {
 	/* The floor must hold at least one whole page below the usable part. */
@@ -91,8 +98,11 @@ static int arena_add(unsigned shift, struct ds_arena **out)
 	int rc;
 
 	/* Metadata and the arena record come from their own mapping: never
-	 * freed, never on a stack, readable by the handler at any time. */
-	size_t meta_bytes = sizeof(*a) + nslots * sizeof(struct dynstack);
+	 * freed, never on a stack, readable by the handler at any time. The
+	 * coroutine objects follow, cache-line aligned; pages of both are
+	 * touched only for slots in use. */
+	size_t coros_off = (sizeof(*a) + nslots * sizeof(struct dynstack) + 63) & ~(size_t)63;
+	size_t meta_bytes = coros_off + nslots * sizeof(struct dynstack_coro);
 	if ((rc = ds_os_map_rw(meta_bytes, &meta)))
 		return rc;
 	if ((rc = ds_os_reserve(bytes, DS_CHUNK_SIZE, &base))) {
@@ -112,6 +122,7 @@ static int arena_add(unsigned shift, struct ds_arena **out)
 	a->nslots = nslots;
 	a->prepared = 0;
 	a->slots = (struct dynstack *)(a + 1);
+	a->coros = (char *)meta + coros_off;
 	for (size_t i = 0; i < nslots; i++)
 		a->slots[i].arena = a;
 	/* Publish after the record is complete: the handler may see it at once. */

@@ -5,6 +5,7 @@
  * coroutine's side before it switches back (see leave()). */
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include <ucontext.h>
 
 #include "coro.h"
@@ -79,6 +80,12 @@ static __attribute__((noinline, noreturn, used)) void overflow_exit(struct dynst
 	struct dynstack *s = c->stack;
 	size_t ps = ds_os_page_size();
 	uintptr_t edge = atomic_load_explicit(&s->edge, memory_order_acquire);
+	/* ASan: the abandoned frames' redzones stay poisoned in shadow memory,
+	 * which a decommit does not clear. Our callees' frames below (the
+	 * decommit's among them) and whatever runs on this stack next (the
+	 * group's next coroutine, the slot's next one) would hit them. First
+	 * thing, before any call: [edge, top) is all the coroutine touched. */
+	ds_san_unpoison((const void *)edge, s->top - edge);
 	/* Not under Valgrind or TSan: there stacks stay committed whole
 	 * (stack.c). */
 	if (!ds_stack_whole(s) && edge < s->top - ps &&
@@ -138,6 +145,26 @@ void ds_coro_main(void *arg)
 	finish(c);
 }
 
+/* A handle whose coroutine was destroyed: its object is still a coroutine
+ * object (type-stable), with status 0. -EINVAL, or with check_handles a
+ * message and abort(): the object was never reused, so this is certain. */
+__attribute__((cold, noinline)) int ds_coro_stale(const char *fn, const void *c);
+__attribute__((cold, noinline)) int ds_coro_stale(const char *fn, const void *c)
+{
+	if (ds_opt.check_handles) {
+		struct ds_buf b = { .len = 0 };
+		ds_buf_str_sigsafe(&b, "libdynstack: ");
+		ds_buf_str_sigsafe(&b, fn);
+		ds_buf_str_sigsafe(&b, "(");
+		ds_buf_hex_sigsafe(&b, (uintptr_t)c);
+		ds_buf_str_sigsafe(&b, "): the coroutine was destroyed "
+				       "(DYNSTACK_CHECK_HANDLES); aborting\n");
+		ds_buf_write_sigsafe(&b, 2);
+		abort();
+	}
+	return -EINVAL;
+}
+
 DYNSTACK_API int dynstack_coro_create(dynstack_coro_t **out, dynstack_coro_fn fn, void *arg,
 				      const dynstack_attr_t *attr)
 {
@@ -158,14 +185,14 @@ DYNSTACK_API int dynstack_coro_create(dynstack_coro_t **out, dynstack_coro_fn fn
 	} else {
 		if (a.mode != DYNSTACK_MODE_PRIVATE || a.group)
 			return -EINVAL;
-		if (!(c = calloc(1, sizeof(*c))))
-			return -ENOMEM;
-		if ((rc = ds_stack_create(&c->stack, &a, DS_SLOT_CORO))) {
-			free(c);
+		struct dynstack *s;
+		if ((rc = ds_stack_create(&s, &a, DS_SLOT_CORO)))
 			return rc;
-		}
+		c = ds_arena_coro(s);
+		memset(c, 0, sizeof(*c));
+		c->stack = s;
 		c->link = &c->own;
-		c->stack->coro = c;
+		s->coro = c;
 		/* fn and arg in the top 16 bytes (committed: at least the top
 		 * page always is), the entry frame below them. */
 		void **top = (void **)c->stack->top;
@@ -195,8 +222,11 @@ DYNSTACK_API int dynstack_coro_resume(dynstack_coro_t *c)
 	 * the cost of a switch. Sequential misuse (a dead, running or waiting
 	 * coroutine, or itself) is still refused. */
 	int st = atomic_load_explicit(&c->status, memory_order_acquire);
-	if (st != DYNSTACK_CORO_SUSPENDED)
-		return st == DYNSTACK_CORO_DEAD ? -EINVAL : -EBUSY;
+	if (st != DYNSTACK_CORO_SUSPENDED) {
+		if (st == DYNSTACK_CORO_RUNNING || st == DYNSTACK_CORO_NORMAL)
+			return -EBUSY;
+		return st == DYNSTACK_CORO_DEAD ? -EINVAL : ds_coro_stale(__func__, c);
+	}
 	ds_san_acquire(&c->status);
 	struct dynstack_group *g = c->group;
 	if (g) {
@@ -249,7 +279,8 @@ DYNSTACK_API int dynstack_coro_status(const dynstack_coro_t *c)
 {
 	if (!c)
 		return -EINVAL;
-	return atomic_load_explicit(&c->status, memory_order_acquire);
+	int st = atomic_load_explicit(&c->status, memory_order_acquire);
+	return st ? st : ds_coro_stale(__func__, c);
 }
 
 void ds_coro_drop_segments(struct dynstack_coro *c)
@@ -273,7 +304,7 @@ DYNSTACK_API int dynstack_coro_destroy(dynstack_coro_t *c)
 	if (st == DYNSTACK_CORO_RUNNING || st == DYNSTACK_CORO_NORMAL)
 		return -EBUSY;
 	if (st != DYNSTACK_CORO_SUSPENDED && st != DYNSTACK_CORO_DEAD)
-		return -EINVAL;
+		return ds_coro_stale(__func__, c);
 #if DS_SANITIZE
 	void *fiber = c->san.fiber;
 #endif
@@ -283,9 +314,13 @@ DYNSTACK_API int dynstack_coro_destroy(dynstack_coro_t *c)
 			return rc;
 	} else {
 		ds_coro_drop_segments(c);
-		atomic_store_explicit(&c->status, 0, memory_order_relaxed);
+		/* The object stays where it is (type-stable, in its slot's
+		 * arena): a stale handle reads status 0 until a later create
+		 * takes the slot; with check_handles, never again. */
+		atomic_store_explicit(&c->status, 0, memory_order_release);
+		if (ds_opt.check_handles)
+			c->stack->flags |= DS_SLOT_RETIRE;
 		ds_stack_release(c->stack);
-		free(c);
 	}
 #if DS_SANITIZE
 	ds_san_fiber_destroy(fiber);
@@ -296,7 +331,13 @@ DYNSTACK_API int dynstack_coro_destroy(dynstack_coro_t *c)
 
 DYNSTACK_API dynstack_t *dynstack_coro_stack(const dynstack_coro_t *c)
 {
-	return c ? c->stack : NULL;
+	if (!c)
+		return NULL;
+	if (!atomic_load_explicit(&c->status, memory_order_acquire)) {
+		ds_coro_stale(__func__, c);
+		return NULL;
+	}
+	return c->stack;
 }
 
 DYNSTACK_API dynstack_coro_t *dynstack_coro_current(void)

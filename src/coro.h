@@ -49,6 +49,7 @@ struct dynstack_coro {
 
 struct ds_pool {
 	void *free[64];	  /* free lists of 8, 16, ... 512-byte blocks */
+	void *coro_free;  /* free coroutine objects, whatever their size */
 	char *bump, *end; /* the rest of the newest slab */
 	void *slabs;	  /* all slabs, linked through their first word */
 };
@@ -73,6 +74,14 @@ struct dynstack_group {
  * thread-local variables. A thread whose owner left is marked with this. */
 #define DS_OWNER_GONE ((const void *)1)
 DS_HIDDEN const void *ds_thread_token(void);
+
+/* coro.c: a destroyed coroutine's handle was passed to fn: -EINVAL, or with
+ * check_handles a message and abort(). */
+DS_HIDDEN int ds_coro_stale(const char *fn, const void *c);
+static inline bool ds_coro_destroyed(const struct dynstack_coro *c)
+{
+	return atomic_load_explicit(&c->status, memory_order_acquire) == 0;
+}
 
 /* coro.c: the first code of every coroutine; reads fn and arg from the top
  * 16 bytes of its stack. */

@@ -1,6 +1,8 @@
 /* Portable context switch on getcontext/makecontext/swapcontext, for CPUs
  * without switch.S (-Dswitch=ucontext). Some 50 times slower than the
- * assembly: glibc's swapcontext makes a sigprocmask system call every time.
+ * assembly: glibc's swapcontext makes a sigprocmask system call every time,
+ * so the signal mask travels with the context (a coroutine resumed on another
+ * thread brings its mask; the thread gets its own back when it yields).
  */
 #include <stdatomic.h>
 #include <stdint.h>
@@ -9,19 +11,29 @@
 #include "ctx.h"
 
 /* swapcontext runs no code between saving one context and loading the
- * other, so the publish store is left to whichever side runs next on this
- * thread (the same thread: a switch never crosses threads). */
-static __thread _Atomic int *pending_publish;
-static __thread int pending_value;
-static __thread int pending_ret;
-
-static void run_pending(void)
+ * other, so the publish store is left to the side that runs next: the switch
+ * writes it into the incoming context, and the code right after swapcontext
+ * (or the trampoline, for a new context) reads it from its own ds_ctx_t and
+ * makes it, once the outgoing context is saved and its stack left.
+ *
+ * Not in thread-local variables: a coroutine suspended on thread A may come
+ * back on thread B, and the compiler computes a TLS address once per function
+ * (one __tls_get_addr call before swapcontext, reused after it), so the side
+ * resumed on B read and cleared A's pending store. That store published a
+ * context A had not saved yet, B's own was never made, and the stress suite
+ * died at once.
+ *
+ * All fields are read before the store: once it is made, another thread may
+ * switch away from the context they belong to (a group's shared link) and
+ * write them. */
+static int arrive(ds_ctx_t *self)
 {
-	_Atomic int *p = pending_publish;
-	if (p) {
-		pending_publish = NULL;
-		atomic_store_explicit(p, pending_value, memory_order_release);
-	}
+	_Atomic int *p = self->publish;
+	int ret = self->ret;
+
+	if (p)
+		atomic_store_explicit(p, self->value, memory_order_release);
+	return ret;
 }
 
 /* makecontext passes only int arguments: each pointer travels as two 32-bit
@@ -31,11 +43,11 @@ static void run_pending(void)
 #define JOIN(hi, lo) ((uintptr_t)((uint64_t)(unsigned)(hi) << 32 | (unsigned)(lo)))
 
 /* Runs on the new stack, called by the first swapcontext to it. */
-static void trampoline(int entry_hi, int entry_lo, int arg_hi, int arg_lo)
+static void trampoline(int entry_hi, int entry_lo, int arg_hi, int arg_lo, int self_hi, int self_lo)
 {
 	ds_ctx_entry_fn entry = (ds_ctx_entry_fn)JOIN(entry_hi, entry_lo);
 
-	run_pending();
+	arrive((ds_ctx_t *)JOIN(self_hi, self_lo));
 
 	entry((void *)JOIN(arg_hi, arg_lo));
 	/* entry must never return (ctx.h); uc_link is NULL, so returning would
@@ -51,19 +63,22 @@ void ds_ctx_make(ds_ctx_t *ctx, void *lo, size_t size, ds_ctx_entry_fn entry, vo
 	ctx->uc.uc_stack.ss_sp = lo;
 	ctx->uc.uc_stack.ss_size = size;
 	ctx->uc.uc_link = NULL;
-	makecontext(&ctx->uc, (void (*)(void))trampoline, 4, HI(entry), LO(entry), HI(arg),
-		    LO(arg));
+	ctx->publish = NULL;
+	makecontext(&ctx->uc, (void (*)(void))trampoline, 6, HI(entry), LO(entry), HI(arg), LO(arg),
+		    HI(ctx), LO(ctx));
 }
 
 int ds_ctx_switch_publish(ds_ctx_t *from, ds_ctx_t *to, _Atomic int *publish, int value, int ret)
 {
-	pending_publish = publish;
-	pending_value = value;
-	pending_ret = ret;
+	/* to is suspended and ours to resume: nobody else writes it now. */
+	to->publish = publish;
+	to->value = value;
+	to->ret = ret;
 	/* Fails only for invalid pointers, which are bugs in the caller. */
 	swapcontext(&from->uc, &to->uc);
-	run_pending();
-	return pending_ret;
+	/* Back in *from, perhaps on another thread: from is a local of this
+	 * frame, restored with it, and the switch to us wrote its fields. */
+	return arrive(from);
 }
 
 uintptr_t ds_ctx_sp(const ds_ctx_t *ctx)

@@ -12,6 +12,12 @@
 #include <ucontext.h>
 typedef struct ds_ctx {
 	ucontext_t uc;
+	/* Left here by the switch to this context, for the code that runs in
+	 * it right after swapcontext returns (ctx-ucontext.c): the publish
+	 * store and the return value. Not thread-local: that side may run on
+	 * another thread than the one that saved it. */
+	_Atomic int *publish;
+	int value, ret;
 } ds_ctx_t;
 #else
 typedef struct ds_ctx {

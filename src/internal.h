@@ -40,6 +40,7 @@ struct ds_options {
 	size_t cache_pages;
 	size_t trim_batch;
 	bool shared_poison; /* DYNSTACK_SHARED_POISON=1: every group poisons */
+	bool check_handles; /* DYNSTACK_CHECK_HANDLES=1: coroutine objects never reused */
 };
 DS_HIDDEN extern struct ds_options ds_opt;
 /* Apply DYNSTACK_* environment variables on top of *cfg. Returns 0 or
@@ -155,6 +156,9 @@ DS_HIDDEN struct dynstack *ds_arena_lookup_sigsafe(uintptr_t addr);
 DS_HIDDEN int ds_arena_slot_get(size_t size, struct dynstack **out);
 DS_HIDDEN void ds_arena_slot_put(struct dynstack *s);
 DS_HIDDEN uintptr_t ds_slot_base(const struct dynstack *s);
+/* The coroutine object of s's slot: type-stable like the slot itself, so a
+ * destroyed coroutine's handle stays readable (see coro.c). */
+DS_HIDDEN struct dynstack_coro *ds_arena_coro(const struct dynstack *s);
 /* log2 of the slot stride for size usable bytes (floor page included). */
 DS_HIDDEN unsigned ds_arena_class(size_t size);
 #define DS_ARENA_MAX_SHIFT 31

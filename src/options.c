@@ -122,6 +122,7 @@ int ds_options_from_env(dynstack_config_t *cfg)
 	} flags[] = {
 		{ "DYNSTACK_STATS", offsetof(dynstack_config_t, stats_at_exit) },
 		{ "DYNSTACK_SHARED_POISON", offsetof(dynstack_config_t, shared_poison) },
+		{ "DYNSTACK_CHECK_HANDLES", offsetof(dynstack_config_t, check_handles) },
 	};
 	for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
 		if ((v = getenv(flags[i].name)) && *v) {

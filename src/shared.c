@@ -48,23 +48,16 @@ static size_t block_size(size_t n)
 	return (n + 255) & ~(size_t)255; /* byte-granular enough for malloc */
 }
 
-static void *pool_alloc(struct ds_pool *p, size_t n)
+/* n bytes (a multiple of 8, at most POOL_SLAB - 16) from the newest slab. */
+static void *pool_bump(struct ds_pool *p, size_t n)
 {
-	if (n > POOL_MAX)
-		return malloc(n);
-	void **list = &p->free[n / 8 - 1];
-	if (*list) {
-		void *b = *list;
-		*list = *(void **)b;
-		return b;
-	}
 	if ((size_t)(p->end - p->bump) < n) {
 		char *slab = malloc(POOL_SLAB);
 		if (!slab)
 			return NULL;
 		/* What is left of the old slab is a block of its own size. */
 		size_t rest = (size_t)(p->end - p->bump) & ~(size_t)7;
-		if (rest >= 8) {
+		if (rest >= 8 && rest <= POOL_MAX) {
 			*(void **)p->bump = p->free[rest / 8 - 1];
 			p->free[rest / 8 - 1] = p->bump;
 		}
@@ -76,6 +69,41 @@ static void *pool_alloc(struct ds_pool *p, size_t n)
 	void *b = p->bump;
 	p->bump += n;
 	return b;
+}
+
+static void *pool_alloc(struct ds_pool *p, size_t n)
+{
+	if (n > POOL_MAX)
+		return malloc(n);
+	void **list = &p->free[n / 8 - 1];
+	if (*list) {
+		void *b = *list;
+		*list = *(void **)b;
+		return b;
+	}
+	return pool_bump(p, n);
+}
+
+/* Coroutine objects always come from the slabs, on their own list, even
+ * where they are bigger than POOL_MAX (the ucontext switch's): a destroyed
+ * one stays a coroutine object, with status 0, for as long as the group
+ * lives (docs/api.md, "Destroyed handles"). The list link is the first
+ * word, in ctx, never status. */
+#define CORO_BLOCK ((sizeof(struct dynstack_coro) + 7) & ~(size_t)7)
+static struct dynstack_coro *pool_coro_alloc(struct ds_pool *p)
+{
+	void *b = p->coro_free;
+	if (b) {
+		p->coro_free = *(void **)b;
+		return b;
+	}
+	return pool_bump(p, CORO_BLOCK);
+}
+
+static void pool_coro_free(struct ds_pool *p, struct dynstack_coro *c)
+{
+	*(void **)c = p->coro_free;
+	p->coro_free = c;
 }
 
 static void pool_free(struct ds_pool *p, void *b, size_t n)
@@ -192,7 +220,8 @@ static void group_free(struct dynstack_group *g)
 	}
 	g->stack->coro = NULL;
 	ds_stack_release(g->stack);
-	pool_fini(&g->pool);
+	if (!ds_opt.check_handles)
+		pool_fini(&g->pool);
 	free(g);
 	DS_TSTAT_SUB(nr_shared_groups, 1);
 }
@@ -303,10 +332,10 @@ int ds_shared_coro_create(struct dynstack_coro **out, const dynstack_attr_t *att
 		return -EINVAL;
 	if ((rc = claim(g, true, false, &claimed)))
 		return rc;
-	struct dynstack_coro *c = pool_alloc(&g->pool, block_size(sizeof(*c)));
+	struct dynstack_coro *c = pool_coro_alloc(&g->pool);
 	void **image = pool_alloc(&g->pool, FIRST_BUFFER);
 	if (!c || !image) {
-		pool_free(&g->pool, c, block_size(sizeof(*c)));
+		pool_coro_free(&g->pool, c);
 		pool_free(&g->pool, image, FIRST_BUFFER);
 		if (claimed)
 			release(g);
@@ -350,7 +379,10 @@ int ds_shared_coro_destroy(struct dynstack_coro *c)
 	note_saved(g, -(long)c->saved);
 	stat_buffer(-(long)c->sh.cap);
 	pool_free(&g->pool, c->sh.buf, c->sh.cap);
-	pool_free(&g->pool, c, block_size(sizeof(*c)));
+	/* check_handles: the object is never handed out again (status 0 for
+	 * good), and its slab outlives the group (group_free). */
+	if (!ds_opt.check_handles)
+		pool_coro_free(&g->pool, c);
 	bool last = --g->ncoros == 0;
 	if (claimed)
 		release(g);
@@ -361,12 +393,24 @@ int ds_shared_coro_destroy(struct dynstack_coro *c)
 
 DYNSTACK_API dynstack_group_t *dynstack_coro_group(const dynstack_coro_t *c)
 {
-	return c ? c->group : NULL;
+	if (!c)
+		return NULL;
+	if (ds_coro_destroyed(c)) {
+		ds_coro_stale(__func__, c);
+		return NULL;
+	}
+	return c->group;
 }
 
 DYNSTACK_API size_t dynstack_coro_saved(const dynstack_coro_t *c)
 {
-	return c && c->group ? c->saved : 0;
+	if (!c)
+		return 0;
+	if (ds_coro_destroyed(c)) {
+		ds_coro_stale(__func__, c);
+		return 0;
+	}
+	return c->group ? c->saved : 0;
 }
 
 /* ---- copies */

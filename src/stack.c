@@ -11,6 +11,7 @@
 
 #include "internal.h"
 #include "policy.h"
+#include "sanitize.h"
 #include "trace.h"
 
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -144,6 +145,7 @@ DYNSTACK_API int dynstack_init(const dynstack_config_t *cfg)
 	ds_opt.cache_pages = c.cache_pages;
 	ds_opt.trim_batch = c.trim_batch;
 	ds_opt.shared_poison = c.shared_poison != 0;
+	ds_opt.check_handles = c.check_handles != 0;
 	ds_os_page_size(); /* cache it before the handler can need it */
 	if ((rc = ds_fault_install()))
 		goto out;
@@ -381,7 +383,8 @@ void ds_stack_discard(struct dynstack *s, uintptr_t edge)
 		return;
 	}
 	atomic_store_explicit(&s->edge, s->top, memory_order_relaxed);
-	ds_arena_slot_put(s);
+	if (!(s->flags & DS_SLOT_RETIRE))
+		ds_arena_slot_put(s);
 }
 
 void ds_stack_release(struct dynstack *s)
@@ -392,6 +395,10 @@ void ds_stack_release(struct dynstack *s)
 	s->vg_id = 0;
 	/* A trim queued on some thread must not act on it any more. */
 	ds_trim_claim(s);
+	/* ASan: frames abandoned on it (a destroyed suspended coroutine's)
+	 * keep their redzones poisoned in shadow memory, which a decommit does
+	 * not clear; the slot's next stack would hit them. */
+	ds_san_unpoison((const void *)(s->lo - s->reserve), s->top - (s->lo - s->reserve));
 	uintptr_t edge = atomic_load_explicit(&s->edge, memory_order_acquire);
 	size_t peak = s->top - atomic_load_explicit(&s->peak_edge, memory_order_relaxed);
 	DS_TSTAT_SUB(nr_dynamic_stacks, 1);
@@ -414,7 +421,7 @@ void ds_stack_release(struct dynstack *s)
 		ds_trace_emit_sigsafe(&r);
 		ds_trace_flush_maybe();
 	}
-	if (ds_thread_ensure() == 0 && ds_cache_put(s))
+	if (!(s->flags & DS_SLOT_RETIRE) && ds_thread_ensure() == 0 && ds_cache_put(s))
 		return;
 	ds_stack_discard(s, atomic_load_explicit(&s->edge, memory_order_acquire));
 }

@@ -51,8 +51,12 @@ int ds_thread_init_slow(void)
 	ds_trace_thread_init();
 	/* Its trim queue and stack cache; and, whatever the alternate stack,
 	 * an exit hook that flushes the one and hands the other to the depot. */
-	if ((rc = ds_tstats_init()) || (rc = ds_tl_init()))
+	if ((rc = ds_tstats_init()))
 		return rc;
+	if ((rc = ds_tl_init())) {
+		ds_tstats_fini(); /* no exit hook yet to free it */
+		return rc;
+	}
 	pthread_once(&key_once, key_init);
 	pthread_setspecific(exit_key, &sync_base);
 	if (!(cur.ss_flags & SS_DISABLE) && cur.ss_size >= ds_opt.sync_stack_size) {

@@ -50,6 +50,7 @@ enum ds_trim_state {
 enum ds_slot_flags {
 	DS_SLOT_CORO = 1u << 0,	   /* owned by a coroutine; dynstack_destroy refuses */
 	DS_SLOT_SEGMENT = 1u << 1, /* a dynstack_call segment; dynstack_destroy refuses */
+	DS_SLOT_RETIRE = 1u << 2,  /* check_handles: never reused once released */
 };
 
 /* One stack. The public dynstack_t is this struct; it lives in its arena's
@@ -97,6 +98,7 @@ struct ds_arena {
 	size_t used;		/* slots [0, used) have been handed out once */
 	size_t prepared;	/* slots [0, prepared) have been made ready */
 	struct dynstack *slots; /* metadata, nslots entries */
+	void *coros;		/* private coroutine objects, one per slot (coro.c) */
 	struct ds_arena *next;	/* next arena of the same class */
 };
 

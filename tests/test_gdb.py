@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """tools/dynstack-gdb.py against tests/gdb_target.c under gdb (docs/gdb.md).
 
-    test_gdb.py SCRIPT TARGET
+    test_gdb.py SCRIPT TARGET [SWITCH]
 
 Live process, stopped in in_coroutine() on a running coroutine:
   (a) `bt` walks the running coroutine down to its entry (in_coroutine, running_level,
@@ -18,6 +18,12 @@ Kernel core of the same state (skipped where cores go elsewhere): the same listi
 `dynstack bt` through the unwinder. No debug information for the library: the commands say
 so, and the program still runs to its end.
 
+SWITCH is the build's -Dswitch, asm (the default) or ucontext. With ucontext the frame lists
+are compared after undoing the two differences of that switch: the walk of a suspended
+coroutine begins in ds_ctx_switch_publish, where swapcontext returns (the assembly switch
+leaves no frame), and every walk goes on past the C `trampoline` into glibc's makecontext
+stub: `__start_context` or `??`, then a 0x0 frame. Nothing else may differ.
+
 Exit 77 (skipped) when gdb is missing or may not trace processes here. The backend is the
 environment's (DYNSTACK_BACKEND, set by tests/meson.build).
 """
@@ -32,6 +38,7 @@ import tempfile
 
 SKIP = 77
 script, target = sys.argv[1], os.path.abspath(sys.argv[2])
+UCONTEXT = len(sys.argv) > 3 and sys.argv[3] == "ucontext"
 failures = []
 
 
@@ -81,9 +88,26 @@ def functions(bt):
     """Function names of the frames of a backtrace, innermost first."""
     names = []
     for line in bt.splitlines():
-        m = re.match(r"#(\d+)\s+(?:0x[0-9a-f]+ in )?(\S+) \(", line)
+        m = re.match(r"#(\d+)\s+(?:0x[0-9a-f]+ in )?(\S*) \(", line)
         if m:
-            names.append(m.group(2))
+            names.append(m.group(2) or "??")  # a core's 0x0 frame: "in  ()"
+    return names
+
+
+def as_asm(names, saved=False):
+    """A ucontext build's frames as the assembly switch shows them: a saved context's walk
+    without its first frame, ds_ctx_switch_publish; the C trampoline as ds_ctx_trampoline, and
+    the makecontext stub and the 0x0 frame after it dropped. Anything else is left as it is,
+    to fail the comparison."""
+    if not UCONTEXT:
+        return names
+    names = list(names)
+    if saved and names[:1] == ["ds_ctx_switch_publish"]:
+        names = names[1:]
+    if "trampoline" in names:
+        i = names.index("trampoline")
+        if all(n in ("__start_context", "??") for n in names[i + 1:]):
+            names = names[:i] + ["ds_ctx_trampoline"]
     return names
 
 
@@ -129,8 +153,10 @@ def check_coros(text, where):
           text)
 
 
-def check_bt(text, expected, where, first=0):
-    got = functions(text)
+def check_bt(text, expected, where, first=0, saved=True):
+    """saved: the walk starts from a context the switch saved (dynstack bt), not from a
+    thread's registers."""
+    got = as_asm(functions(text), saved)
     check(got == expected, "%s: frames %s, expected %s" % (where, got, expected), text)
     check(not any(b in text for b in BAD_UNWIND), "%s: the unwinder complained" % where, text)
     m = re.search(r"^#(\d+)", text, re.M)
@@ -180,7 +206,7 @@ def live(tmp):
         return
 
     # (a)
-    check_bt(s["BT_BEFORE"], RUNNING_BT, "bt in a running coroutine")
+    check_bt(s["BT_BEFORE"], RUNNING_BT, "bt in a running coroutine", saved=False)
     # (b)
     check_coros(s["COROS"], "live")
     # (c)
@@ -208,13 +234,13 @@ def live(tmp):
           "the selected frame (#1) was not kept", s["FRAME_AFTER"])
     # Another thread: its coroutine's frames under its own libc frames; a suspended
     # coroutine's backtrace with that thread's registers; that thread's bt unchanged after.
-    bt2 = functions(s["BT2_BEFORE"])
+    bt2 = as_asm(functions(s["BT2_BEFORE"]))
     check(bt2[-len(WORKER):] == WORKER and not any(b in s["BT2_BEFORE"] for b in BAD_UNWIND),
           "bt of thread 2 does not end in %s" % WORKER, s["BT2_BEFORE"])
     check_bt(s["DBT_DEEP_T2"], DEEP, "dynstack bt 1 from thread 2")
     check("running on thread 2" in s["DBT_WORKER"], "dynstack bt of the worker",
           s["DBT_WORKER"])
-    got = functions(s["RESUMER_WORKER"])
+    got = as_asm(functions(s["RESUMER_WORKER"]), saved=True)
     check(got[:2] == ["worker_thread", "start_thread"],
           "dynstack bt -resumer 7: frames %s" % got, s["RESUMER_WORKER"])
     check(s["BT2_AFTER"] == s["BT2_BEFORE"], "bt of thread 2 changed by dynstack bt",
@@ -283,7 +309,7 @@ def core(tmp):
     s = sections(out)
     if not check("COROS" in s and "BT_AFTER" in s, "gdb on the core did not get through", out):
         return
-    check_bt(s["BT"], RUNNING_BT, "core: bt")
+    check_bt(s["BT"], RUNNING_BT, "core: bt", saved=False)
     check_coros(s["COROS"], "core")
     check_bt(s["DBT_DEEP"], DEEP, "core: dynstack bt 1", first=1)
     check_bt(s["DBT_OUTER"], OUTER, "core: dynstack bt 6", first=1)

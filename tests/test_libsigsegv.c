@@ -104,7 +104,10 @@ static int grow_coros(void)
 		CHECK(d[i].levels > 0);
 		CHECK(dynstack_coro_destroy(c[i]) == 0);
 	}
-	CHECK(stats_now().nr_dynamic_stacks_faults >= s0.nr_dynamic_stacks_faults + N);
+	/* Where stacks are committed whole (Valgrind) they take no growth fault: the frames above
+	 * are what is checked there. */
+	if (!stacks_whole())
+		CHECK(stats_now().nr_dynamic_stacks_faults >= s0.nr_dynamic_stacks_faults + N);
 	return 0;
 }
 
@@ -215,7 +218,10 @@ static int after_so_child(void)
 	struct sigaction sa = segv_action();
 	CHECK(is_libsigsegv_entry(&sa) && (sa.sa_flags & SA_ONSTACK));
 	CHECK(grow_coros() == 0);
-	CHECK(fate(main_stack_overflow, NULL) == 42 << 8);
+	/* Under Valgrind the main thread's stack is Valgrind's: it meets the overflow first and the
+	 * process dies by its default action, libsigsegv's handler never called. */
+	if (!under_valgrind())
+		CHECK(fate(main_stack_overflow, NULL) == 42 << 8);
 	fprintf(stderr, "after-so-child-done\n");
 	return 0;
 }
@@ -324,6 +330,7 @@ static void touch_area_fn(void *arg)
 static int stray_fault(void *arg)
 {
 	char *p = mmap(NULL, page_size(), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	valgrind_errors_off();
 	*(volatile char *)p = 1;
 	return 100;
 }
@@ -332,11 +339,13 @@ static int area_faults_reach_other_user(void)
 {
 	CHECK(area != MAP_FAILED);
 	int before = area_hits;
+	valgrind_errors_off();	    /* faults on the area's PROT_NONE pages, on purpose */
 	*(volatile char *)area = 1; /* from the thread's own stack */
 	CHECK(area_hits == before + 1);
 	dynstack_coro_t *c = make_coro(touch_area_fn, NULL, 64 << 10, "area-toucher", NULL);
 	CHECK(c != NULL);
 	CHECK(dynstack_coro_resume(c) == 0); /* from a coroutine, on the sync stack */
+	valgrind_errors_on();
 	CHECK(area_hits == before + 2);
 	CHECK(area[2 * page_size()] == 2);
 	CHECK(dynstack_coro_destroy(c) == 0);
@@ -374,7 +383,8 @@ static int area_after_child(void)
 	CHECK(grow_coros() == 0);
 	other_user_install();
 	CHECK(is_libsigsegv_entry((struct sigaction[]){ segv_action() }));
-	CHECK(died_by(fate(grow_in_child, NULL), SIGSEGV));
+	if (!stacks_whole()) /* no growth fault to lose there */
+		CHECK(died_by(fate(grow_in_child, NULL), SIGSEGV));
 	CHECK(dynstack_init(NULL) == 0);
 	CHECK(!is_libsigsegv_entry((struct sigaction[]){ segv_action() }));
 	CHECK(grow_coros() == 0);
@@ -438,7 +448,8 @@ static int no_onstack_child(void)
 	struct sigaction sa = segv_action();
 	CHECK(is_libsigsegv_entry(&sa) && !(sa.sa_flags & SA_ONSTACK));
 	CHECK(dynstack_signals_check(-1) == 1);
-	CHECK(died_by(fate(grow_in_child, NULL), SIGSEGV));
+	if (!stacks_whole()) /* no growth fault to lose there */
+		CHECK(died_by(fate(grow_in_child, NULL), SIGSEGV));
 	CHECK(dynstack_init(NULL) == 0);
 	CHECK(segv_action().sa_flags & SA_ONSTACK);
 	CHECK(dynstack_signals_check(-1) == 0);

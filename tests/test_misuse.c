@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -381,8 +382,159 @@ static void test_errno_untouched_by_enomem(void **state)
 	run_enomem(1);
 }
 
-int main(void)
+/* ---- destroyed coroutine handles
+ *
+ * A private coroutine's object lives in its stack slot's arena metadata and is
+ * never freed: a handle used after destroy reads a destroyed object (-EINVAL),
+ * not freed memory, until a later create takes the slot. With
+ * DYNSTACK_CHECK_HANDLES=1 the slot is never taken again and every such use
+ * aborts with a message naming the call. */
+
+static void yield_once(void *arg)
 {
+	dynstack_coro_yield();
+}
+
+static void check_destroyed(dynstack_coro_t *c)
+{
+	assert_int_equal(dynstack_coro_resume(c), -EINVAL);
+	assert_int_equal(dynstack_coro_destroy(c), -EINVAL);
+	assert_int_equal(dynstack_coro_status(c), -EINVAL);
+	assert_null(dynstack_coro_stack(c));
+}
+
+static void test_destroyed_handle(void **state)
+{
+	TAKE_SIGSEGV();
+	dynstack_coro_t *c;
+
+	/* Never run, suspended in the middle, and dead. */
+	assert_int_equal(dynstack_coro_create(&c, noop_fn, NULL, NULL), 0);
+	assert_int_equal(dynstack_coro_destroy(c), 0);
+	check_destroyed(c);
+
+	assert_int_equal(dynstack_coro_create(&c, yield_once, NULL, NULL), 0);
+	assert_int_equal(dynstack_coro_resume(c), 0);
+	assert_int_equal(dynstack_coro_status(c), DYNSTACK_CORO_SUSPENDED);
+	assert_int_equal(dynstack_coro_destroy(c), 0);
+	check_destroyed(c);
+
+	assert_int_equal(dynstack_coro_create(&c, noop_fn, NULL, NULL), 0);
+	assert_int_equal(dynstack_coro_resume(c), 0);
+	assert_int_equal(dynstack_coro_destroy(c), 0);
+	check_destroyed(c);
+
+	/* Shared mode, while its group lives. */
+	dynstack_group_t *g;
+	dynstack_attr_t attr;
+	assert_int_equal(dynstack_group_create(&g, NULL, 0), 0);
+	assert_int_equal(dynstack_attr_init(&attr), 0);
+	attr.mode = DYNSTACK_MODE_SHARED;
+	attr.group = g;
+	assert_int_equal(dynstack_coro_create(&c, yield_once, NULL, &attr), 0);
+	assert_int_equal(dynstack_coro_resume(c), 0);
+	assert_int_equal(dynstack_coro_destroy(c), 0);
+	check_destroyed(c);
+	assert_null(dynstack_coro_group(c));
+	assert_int_equal(dynstack_coro_saved(c), 0);
+	assert_int_equal(dynstack_group_destroy(g), 0);
+
+	/* The slot taken by a plain stack: the handle still reads destroyed. */
+	assert_int_equal(dynstack_coro_create(&c, noop_fn, NULL, NULL), 0);
+	assert_int_equal(dynstack_coro_destroy(c), 0);
+	dynstack_t *s;
+	assert_int_equal(dynstack_create(&s, NULL), 0);
+	check_destroyed(c);
+	errno = 1234;
+	check_destroyed(c);
+	assert_int_equal(errno, 1234);
+	assert_int_equal(dynstack_destroy(s), 0);
+}
+
+static const char *const check_env[] = { "DYNSTACK_CHECK_HANDLES=1", NULL };
+
+/* Child modes, each in a fresh process with DYNSTACK_CHECK_HANDLES=1. */
+static dynstack_coro_t *destroyed_coro(void)
+{
+	dynstack_coro_t *c;
+	if (dynstack_coro_create(&c, yield_once, NULL, NULL) || dynstack_coro_resume(c) ||
+	    dynstack_coro_destroy(c))
+		exit(2);
+	return c;
+}
+
+static int stale_mode(const char *op)
+{
+	if (!strcmp(op, "--stale-reuse")) {
+		/* No object is handed out twice: every handle stays checkable. */
+		enum {
+			N = 512
+		};
+		static dynstack_coro_t *seen[N];
+		for (int i = 0; i < N; i++) {
+			seen[i] = destroyed_coro();
+			for (int j = 0; j < i; j++)
+				if (seen[j] == seen[i])
+					return 3;
+		}
+		return 0;
+	}
+	dynstack_coro_t *c = destroyed_coro();
+	if (!strcmp(op, "--stale-resume"))
+		dynstack_coro_resume(c);
+	else if (!strcmp(op, "--stale-destroy"))
+		dynstack_coro_destroy(c);
+	else if (!strcmp(op, "--stale-status"))
+		dynstack_coro_status(c);
+	else if (!strcmp(op, "--stale-stack"))
+		dynstack_coro_stack(c);
+	else if (!strcmp(op, "--stale-shared")) {
+		/* A shared-mode one, used after its group is gone too. */
+		dynstack_group_t *g;
+		dynstack_attr_t attr;
+		dynstack_attr_init(&attr);
+		if (dynstack_group_create(&g, NULL, 0))
+			return 2;
+		attr.mode = DYNSTACK_MODE_SHARED;
+		attr.group = g;
+		if (dynstack_coro_create(&c, yield_once, NULL, &attr) || dynstack_coro_resume(c) ||
+		    dynstack_coro_destroy(c) || dynstack_group_destroy(g))
+			return 2;
+		dynstack_coro_resume(c);
+	}
+	return 5; /* the call returned: not caught */
+}
+
+static void test_destroyed_handle_checked(void **state)
+{
+	static const struct {
+		const char *mode, *call;
+	} cases[] = {
+		{ "--stale-resume", "dynstack_coro_resume(" },
+		{ "--stale-destroy", "dynstack_coro_destroy(" },
+		{ "--stale-status", "dynstack_coro_status(" },
+		{ "--stale-stack", "dynstack_coro_stack(" },
+		{ "--stale-shared", "dynstack_coro_resume(" },
+	};
+	char err[4096];
+	int status;
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		assert_int_equal(run_self(cases[i].mode, check_env, &status, err, sizeof(err)), 0);
+		if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGABRT ||
+		    !contains(err, cases[i].call) || !contains(err, "was destroyed"))
+			fail_msg("%s: child %s; stderr:\n%s", cases[i].mode,
+				 describe_status(status), err);
+	}
+	assert_int_equal(run_self("--stale-reuse", check_env, &status, err, sizeof(err)), 0);
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+		fail_msg("--stale-reuse: child %s; stderr:\n%s", describe_status(status), err);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 2 && !strncmp(argv[1], "--stale-", 8))
+		return stale_mode(argv[1]);
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_config_and_init),
 		cmocka_unit_test(test_thread_init_fini_repeated),
@@ -400,6 +552,8 @@ int main(void)
 		cmocka_unit_test(test_errno_untouched_by_failed_write),
 		cmocka_unit_test(test_create_enomem),
 		cmocka_unit_test(test_errno_untouched_by_enomem),
+		cmocka_unit_test(test_destroyed_handle),
+		cmocka_unit_test(test_destroyed_handle_checked),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -951,6 +951,45 @@ static void test_synthetic_learn_history(void **state)
 	ds_sim_free(t);
 }
 
+/* A warm stack from the cache is created with what its last user committed, its reserve
+ * included: such a CREATE loads and replays with that commit. Past size + reserve it is
+ * refused. */
+static void test_synthetic_warm_in_reserve(void **state)
+{
+	struct tbuf b = { .len = 0 };
+	struct ds_sim_trace *t;
+	struct ds_sim_result r;
+	struct ds_ev_create c;
+	char err[256];
+
+	put_header(&b);
+	put_policy(&b, 0, "step=1,overflow=warn:8k");
+	memset(&c, 0, sizeof(c));
+	c.h.type = DS_EV_CREATE;
+	c.h.len = sizeof(c);
+	c.h.stack = 1;
+	c.size = 16 * KIB;
+	c.reserve = 8 * KIB;
+	c.committed = 20 * KIB;
+	c.slot = 0x100000;
+	put(&b, &c, sizeof(c));
+	put_destroy(&b, 10, 1, 20 * KIB);
+	assert_int_equal(ds_sim_load_mem(b.data, b.len, &t, err, sizeof(err)), 0);
+	assert_int_equal(ds_sim_replay(t, NULL, &r, err, sizeof(err)), 0);
+	assert_int_equal(r.mismatched, 0);
+	assert_int_equal(r.stacks[0].initial, 20 * KIB);
+	ds_sim_result_fini(&r);
+	ds_sim_free(t);
+
+	b.len = 0;
+	put_header(&b);
+	put_policy(&b, 0, "step=1,overflow=warn:8k");
+	c.committed = 28 * KIB;
+	put(&b, &c, sizeof(c));
+	assert_int_equal(ds_sim_load_mem(b.data, b.len, &t, err, sizeof(err)), -EPROTO);
+	assert_true(contains(err, "beyond size and reserve"));
+}
+
 /* A TRIM lowers the replayed commit to the live one, with one decommit; the fault after it is
  * replayed from there. Where the replay has less committed, it changes nothing. */
 static void test_synthetic_trim(void **state)
@@ -1266,6 +1305,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_replay_with_trims),
 		cmocka_unit_test(test_synthetic_timeline),
 		cmocka_unit_test(test_synthetic_learn_history),
+		cmocka_unit_test(test_synthetic_warm_in_reserve),
 		cmocka_unit_test(test_synthetic_trim),
 		cmocka_unit_test(test_reader_trim),
 		cmocka_unit_test(test_unregistered_policy),

@@ -11,10 +11,15 @@
 
 #include <cmocka.h>
 
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <unwind.h>
 
@@ -557,6 +562,164 @@ static void test_nested(void **state)
 	stack_free(&sc);
 }
 
+/* ---- a context suspended with a publish on one thread and resumed on
+ * another, as a runtime migrating coroutines does: the publish word is the
+ * hand-off. Round i runs the context on thread i % 2: that thread waits for
+ * the context's publish of i (acquire), switches to it publishing that its
+ * own context is saved and passing a return value, and gets one back.
+ *
+ * The ucontext switch once kept the deferred publish in thread-local
+ * variables whose address the compiler held across swapcontext: the context
+ * resumed on thread B then made thread A's store (or none) and returned A's
+ * value, and B's own store was lost. Only the 70 s stress suite saw it. */
+
+#define MIGRATE_IDLE (-1) /* a publish word that has been taken */
+#define RESUME_RET(i) ((int)(i)*2 + 1000001)
+#define YIELD_RET(i) ((int)(i)*2 + 2000002)
+
+struct migrate {
+	ds_ctx_t home[2], co;
+	long rounds;
+	/* The context's publish: the round that may resume it now. */
+	_Atomic int turn;
+	/* Each thread's publish as it switches to the context: the round it
+	 * resumes it for, so its own context is saved. */
+	_Atomic int saved[2];
+	atomic_bool stop;
+	atomic_int errors;
+	char first_error[160];
+};
+
+static void migrate_error(struct migrate *m, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (atomic_fetch_add(&m->errors, 1) == 0) {
+		va_start(ap, fmt);
+		vsnprintf(m->first_error, sizeof(m->first_error), fmt, ap);
+		va_end(ap);
+	}
+	atomic_store(&m->stop, true);
+}
+
+/* Waits for the context's publish of round want and takes it. Until then the
+ * word holds nothing (taken) or the other thread's round, which that thread
+ * takes: any other value is a publish made twice, late or wrong. Waits at
+ * most 5 s. */
+static bool migrate_take_turn(struct migrate *m, int want)
+{
+	struct timespec start, now;
+	int v;
+
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	for (unsigned spin = 1;; spin++) {
+		v = atomic_load_explicit(&m->turn, memory_order_acquire);
+		if (v == want)
+			break;
+		if (v != MIGRATE_IDLE && v != want - 1) {
+			migrate_error(m, "round %d: the context's publish word holds %d", want, v);
+			return false;
+		}
+		if (atomic_load_explicit(&m->stop, memory_order_relaxed))
+			return false;
+		if (spin % 64 == 0)
+			sched_yield(); /* two threads may share one CPU (or Valgrind's lock) */
+		if (spin % 4096 == 0) {
+			clock_gettime(CLOCK_MONOTONIC, &now);
+			if (now.tv_sec - start.tv_sec > 5) {
+				migrate_error(m, "round %d: the context's publish never landed",
+					      want);
+				return false;
+			}
+		}
+	}
+	v = atomic_exchange_explicit(&m->turn, MIGRATE_IDLE, memory_order_acquire);
+	if (v != want) {
+		migrate_error(m, "round %d: the context's publish word changed to %d", want, v);
+		return false;
+	}
+	return true;
+}
+
+/* Runs on whichever thread resumed it; never asserts (see the top). */
+static void migrate_entry(void *arg)
+{
+	struct migrate *m = arg;
+	/* On this stack: it must travel with the context, and a resume from a
+	 * context saved before the last round would show an old value. */
+	volatile long count = 0;
+	volatile uint64_t sum = 0;
+	uint64_t want_sum = 0;
+	int ret = RESUME_RET(0);
+
+	for (long i = 0;; i++) {
+		int t = (int)(i % 2);
+
+		if (ret != RESUME_RET(i))
+			migrate_error(m, "round %ld: the context's switch returned %d, want %d", i,
+				      ret, RESUME_RET(i));
+		/* Made on arrival, before the switch returned to us. */
+		if (atomic_exchange_explicit(&m->saved[t], MIGRATE_IDLE, memory_order_acquire) != i)
+			migrate_error(m, "round %ld: thread %d's publish did not land once", i, t);
+		if (count != i || sum != want_sum)
+			migrate_error(m, "round %ld: the context's stack says round %ld", i,
+				      (long)count);
+		count = count + 1;
+		sum = sum * 31 + (uint64_t)i;
+		want_sum = want_sum * 31 + (uint64_t)i;
+		ret = ds_ctx_switch_publish(&m->co, &m->home[t], &m->turn, (int)i + 1,
+					    YIELD_RET(i));
+	}
+}
+
+struct migrate_thread {
+	struct migrate *m;
+	int t;
+};
+
+static void *migrate_thread(void *arg)
+{
+	struct migrate_thread *mt = arg;
+	struct migrate *m = mt->m;
+	int t = mt->t;
+
+	for (long i = t; i < m->rounds; i += 2) {
+		if (!migrate_take_turn(m, (int)i))
+			break;
+		int r = ds_ctx_switch_publish(&m->home[t], &m->co, &m->saved[t], (int)i,
+					      RESUME_RET(i));
+		if (r != YIELD_RET(i)) {
+			migrate_error(m, "round %ld: thread %d's switch returned %d, want %d", i, t,
+				      r, YIELD_RET(i));
+			break;
+		}
+	}
+	return NULL;
+}
+
+static void test_publish_across_threads(void **state)
+{
+	struct stack st;
+	struct migrate m = { 0 };
+	struct migrate_thread mt[2] = { { &m, 0 }, { &m, 1 } };
+	pthread_t other;
+
+	m.rounds = under_valgrind() ? 2000 : 20000;
+	atomic_init(&m.turn, 0);
+	atomic_init(&m.saved[0], MIGRATE_IDLE);
+	atomic_init(&m.saved[1], MIGRATE_IDLE);
+	stack_new(&st);
+	ds_ctx_make(&m.co, st.lo, STACK_SIZE, migrate_entry, &m);
+	assert_int_equal(pthread_create(&other, NULL, migrate_thread, &mt[1]), 0);
+	migrate_thread(&mt[0]);
+	assert_int_equal(pthread_join(other, NULL), 0);
+	if (atomic_load(&m.errors))
+		fail_msg("%d errors, the first: %s", atomic_load(&m.errors), m.first_error);
+	/* The last round's publish, not yet taken. */
+	assert_int_equal(atomic_load(&m.turn), m.rounds);
+	stack_free(&st);
+}
+
 /* ---- the unwinder stops at the trampoline instead of walking past the top
  * of the stack (on x86-64 into the guard page above it: a crash) or going
  * round in circles (aarch64: the trampoline would be its own caller) */
@@ -794,6 +957,7 @@ int main(void)
 		cmocka_unit_test(test_callee_saved_live_locals),
 		cmocka_unit_test(test_entry_alignment),
 		cmocka_unit_test(test_nested),
+		cmocka_unit_test(test_publish_across_threads),
 		cmocka_unit_test(test_unwind_stops),
 		cmocka_unit_test(test_entry_return_traps),
 		cmocka_unit_test(test_fp_control_per_context),

@@ -554,7 +554,7 @@ def resume_point(lib, c, coros):
     in), or 'not started' when the pc is the first instruction of a function (the entry
     trampoline: a return address never is)."""
     try:
-        regs, _ = lib.saved_context(c, coros)
+        regs, frame_sp = lib.saved_context(c, coros)
     except gdb.GdbError:
         return None
     except gdb.MemoryError:
@@ -563,7 +563,31 @@ def resume_point(lib, c, coros):
     m = re.search(r"<([^>+]+)>", gdb.format_address(pc))
     if m:
         return "%s (not started)" % m.group(1)
+    # -Dswitch=ucontext: swapcontext returns into ds_ctx_switch_publish, a frame of its own
+    # (the assembly switch leaves none); what matters is its caller.
+    m = re.search(r"<([^>+]+)", gdb.format_address(pc - 1))
+    if m and m.group(1) == "ds_ctx_switch_publish":
+        pc = caller_pc(regs, frame_sp) or pc
     return describe_pc(pc)
+
+
+def caller_pc(regs, frame_sp):
+    """The return address of the coroutine's innermost frame, as gdb unwinds it from the
+    saved registers (through CoroUnwinder, so on a core file too); None if it cannot."""
+    if UNWINDER is None or gdb.selected_thread() is None:
+        return None
+    with KeepSelection():
+        UNWINDER.regs, UNWINDER.frame_sp = regs, frame_sp
+        gdb.invalidate_cached_frames()
+        try:
+            frame = gdb.newest_frame().older()  # the coroutine's innermost frame
+            frame = frame.older() if frame is not None else None
+            return int(frame.pc()) if frame is not None else None
+        except gdb.error:
+            return None
+        finally:
+            UNWINDER.regs = None
+            gdb.invalidate_cached_frames()
 
 
 class DynstackPrefix(gdb.Command):

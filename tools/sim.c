@@ -208,11 +208,14 @@ static int load_create(struct loader *l, const struct ds_ev_create *r, char *err
 				 "record %llu: CREATE record too short for its name", seq);
 	if (!r->h.stack)
 		return sim_error(-EPROTO, err, errlen, "record %llu: CREATE of stack id 0", seq);
+	/* A warm stack from the cache keeps what its last user committed, the
+	 * reserve included (ds_stack_create): committed may pass size. */
 	if (!r->size || r->size % ps || r->size > DYNSTACK_MAX_SIZE || r->reserve % ps ||
-	    r->reserve > DYNSTACK_MAX_SIZE - r->size || r->committed > r->size)
+	    r->reserve > DYNSTACK_MAX_SIZE - r->size || r->committed > r->size + r->reserve)
 		return sim_error(-EPROTO, err, errlen,
 				 "record %llu: CREATE of stack %llu with size %llu, reserve %llu, "
-				 "committed %llu: not page multiples within %zu",
+				 "committed %llu: not page multiples within %zu, or committed "
+				 "beyond size and reserve",
 				 seq, (unsigned long long)r->h.stack, (unsigned long long)r->size,
 				 (unsigned long long)r->reserve, (unsigned long long)r->committed,
 				 (size_t)DYNSTACK_MAX_SIZE);
