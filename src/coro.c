@@ -148,7 +148,6 @@ void ds_coro_main(void *arg)
 /* A handle whose coroutine was destroyed: its object is still a coroutine
  * object (type-stable), with status 0. -EINVAL, or with check_handles a
  * message and abort(): the object was never reused, so this is certain. */
-__attribute__((cold, noinline)) int ds_coro_stale(const char *fn, const void *c);
 __attribute__((cold, noinline)) int ds_coro_stale(const char *fn, const void *c)
 {
 	if (ds_opt.check_handles) {
