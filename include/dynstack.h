@@ -396,7 +396,7 @@ DYNSTACK_API size_t dynstack_coro_saved(const dynstack_coro_t *c);
 	X(nr_dynamic_stacks_foreign, event, "faults not ours, passed to the previous handler")     \
 	X(nr_dynamic_stacks_created, event, "stacks created")                                      \
 	X(nr_dynamic_stacks_destroyed, event, "stacks destroyed")                                  \
-	X(nr_dynamic_stacks_arenas, gauge, "arenas reserved")                                      \
+	X(nr_dynamic_stacks_arenas, gauge, "arenas in use")                                        \
 	X(nr_dynamic_stacks_sync_stacks, gauge, "sync stacks installed by the library")            \
 	X(nr_dynamic_stacks_coros, gauge, "live coroutines")                                       \
 	X(nr_dynamic_stacks_warnings, event,                                                       \

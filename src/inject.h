@@ -45,6 +45,10 @@ DS_HIDDEN uint64_t ds_inject_hits(enum ds_inject_point p);
 DS_HIDDEN int ds_inject_fire_sigsafe(enum ds_inject_point p);
 
 #if DS_FAULT_INJECTION
+/* Called by arena.c's free-list pop between reading the head's successor and
+ * its compare-and-swap, when set: a test makes other pops and pushes happen
+ * right there (the ABA case) on one thread. */
+DS_HIDDEN extern void (*ds_arena_pop_hook)(void);
 /* 0, or the injected error for this call at p. */
 #define DS_INJECTED(p)                                                                             \
 	(__builtin_expect(                                                                         \

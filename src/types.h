@@ -69,6 +69,7 @@ struct dynstack {
 	const struct ds_policy *policy; /* interned: never freed */
 	size_t learned;			/* learn: what earlier stacks taught this one */
 	unsigned vg_id;			/* Valgrind's id for the stack, 0: none */
+	uint32_t batch_n;		/* arena.c: a batch to prepare again: its slots */
 	size_t slot_hist;		/* learn: peak of this slot's last stack (kept on reuse) */
 	_Atomic uint64_t faults;	/* commit faults taken by this stack */
 	_Atomic int warned;		/* overflow=warn: the one warning was printed */
@@ -84,19 +85,19 @@ struct dynstack {
 	bool trim_cancelled;		    /* its last queued trim was cancelled by a resume */
 	_Atomic uintptr_t trim_lo, trim_hi; /* last trimmed range: a fault in it is a mis-trim */
 	struct ds_arena *arena;
-	struct dynstack *next_free; /* free list link (class lock) */
+	struct dynstack *next_free; /* link in a cache, depot or segment list */
+	_Atomic uint64_t slot_next; /* arena.c: link in its class's free list */
 	char name[DYNSTACK_NAME_MAX + 1];
 };
 
 /* A reservation for one size class. Immutable once published, except for
- * the bump counters `used` and `prepared`, guarded by its class lock. */
+ * the bump counter `used` (atomic: claimed a batch at a time). */
 struct ds_arena {
 	uintptr_t base; /* DS_CHUNK_SIZE-aligned */
 	uintptr_t end;	/* base + nslots << shift */
 	unsigned shift; /* log2(stride) */
 	size_t nslots;
-	size_t used;		/* slots [0, used) have been handed out once */
-	size_t prepared;	/* slots [0, prepared) have been made ready */
+	_Atomic size_t used;	/* slots [0, min(used, nslots)) have been claimed */
 	struct dynstack *slots; /* metadata, nslots entries */
 	void *coros;		/* private coroutine objects, one per slot (coro.c) */
 	struct ds_arena *next;	/* next arena of the same class */

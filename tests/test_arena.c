@@ -349,6 +349,222 @@ static void test_fault_race_counts_once(void **state)
 			 faults);
 }
 
+/* ---- lock-free slot allocation */
+
+/* Threads take and give back raw slots of one class as fast as they can,
+ * each holding a few at a time: no slot is ever held by two (the free list's
+ * ABA tag at work), and every slot they got maps back to itself. */
+#define CHURN_THREADS 4
+#define CHURN_ROUNDS 50000
+#define CHURN_HELD 16
+#define CHURN_SIZE (2 * 4096) /* a class of its own in this file: 16 KiB slots */
+
+struct churn {
+	pthread_barrier_t start;
+	_Atomic int errors;
+};
+
+static void *churn_main(void *arg)
+{
+	struct churn *ch = arg;
+	struct dynstack *held[CHURN_HELD] = { NULL };
+
+	pthread_barrier_wait(&ch->start);
+	for (int i = 0; i < CHURN_ROUNDS; i++) {
+		struct dynstack **h = &held[i % CHURN_HELD];
+		if (*h) {
+			atomic_store(&(*h)->warned, 0);
+			ds_arena_slot_put(*h);
+			*h = NULL;
+		}
+		if (ds_arena_slot_get(CHURN_SIZE, h) || !*h) {
+			atomic_fetch_add(&ch->errors, 1);
+			continue;
+		}
+		/* warned is free for us on a raw slot (create resets it). */
+		if (atomic_exchange(&(*h)->warned, 1) != 0 ||
+		    ds_arena_lookup_sigsafe(ds_slot_base(*h)) != *h)
+			atomic_fetch_add(&ch->errors, 1);
+	}
+	for (int k = 0; k < CHURN_HELD; k++) {
+		if (held[k]) {
+			atomic_store(&held[k]->warned, 0);
+			ds_arena_slot_put(held[k]);
+		}
+	}
+	return NULL;
+}
+
+static void test_slots_concurrent(void **state)
+{
+	struct churn ch = { .errors = 0 };
+	pthread_t th[CHURN_THREADS];
+
+	assert_int_equal(dynstack_init(NULL), 0);
+	assert_int_equal(pthread_barrier_init(&ch.start, NULL, CHURN_THREADS), 0);
+	for (int i = 0; i < CHURN_THREADS; i++)
+		assert_int_equal(pthread_create(&th[i], NULL, churn_main, &ch), 0);
+	for (int i = 0; i < CHURN_THREADS; i++)
+		assert_int_equal(pthread_join(th[i], NULL), 0);
+	pthread_barrier_destroy(&ch.start);
+	assert_int_equal(atomic_load(&ch.errors), 0);
+}
+
+#if DS_FAULT_INJECTION
+#include "inject.h"
+
+/* The ABA case, made to happen on one thread: a pop has read the top slot A
+ * and its successor B; before its compare-and-swap, A and B are popped and A
+ * pushed back. The head names A again, but B is taken: without the tag the
+ * CAS would succeed and put B, still in use, back on top. */
+#define ABA_SIZE ((size_t)60 << 10) /* 64 KiB slots: a class of its own here */
+
+static struct dynstack *aba_taken;
+static int aba_armed;
+
+static void aba_hook(void)
+{
+	struct dynstack *a = NULL, *b = NULL;
+
+	if (!aba_armed)
+		return;
+	aba_armed = 0;
+	assert_int_equal(ds_arena_slot_get(ABA_SIZE, &a), 0);
+	assert_int_equal(ds_arena_slot_get(ABA_SIZE, &b), 0);
+	ds_arena_slot_put(a);
+	aba_taken = b;
+}
+
+static void test_free_list_aba(void **state)
+{
+	struct dynstack *x, *y, *z, *got, *next;
+
+	assert_int_equal(dynstack_init(NULL), 0);
+	assert_int_equal(ds_arena_slot_get(ABA_SIZE, &x), 0);
+	assert_int_equal(ds_arena_slot_get(ABA_SIZE, &y), 0);
+	assert_int_equal(ds_arena_slot_get(ABA_SIZE, &z), 0);
+	ds_arena_slot_put(z);
+	ds_arena_slot_put(y);
+	ds_arena_slot_put(x); /* the list: x, y, z */
+
+	aba_armed = 1;
+	ds_arena_pop_hook = aba_hook;
+	assert_int_equal(ds_arena_slot_get(ABA_SIZE, &got), 0);
+	ds_arena_pop_hook = NULL;
+	assert_int_equal(aba_armed, 0);
+	assert_ptr_equal(aba_taken, y);
+	assert_ptr_equal(got, x);
+	assert_int_equal(ds_arena_slot_get(ABA_SIZE, &next), 0);
+	if (next == aba_taken)
+		fail_msg("slot %p handed out twice: the free list took back a stale head",
+			 (void *)next);
+	assert_ptr_equal(next, z);
+	ds_arena_slot_put(next);
+	ds_arena_slot_put(aba_taken);
+	ds_arena_slot_put(got);
+}
+#endif
+
+/* Threads create stacks of a class with two slots per arena, all at once:
+ * arenas are added concurrently, with no lock. Every stack gets a slot of
+ * its own that maps to it, every arena counted is one the stacks use (one
+ * that lost the race to be added is kept aside, not counted), and after
+ * they are destroyed the same number of stacks needs no new arena. */
+#define GROW_THREADS 8
+#define GROW_STACKS 6
+#define GROW_SIZE ((size_t)256 << 20) /* 512 MiB slots: two per 1 GiB arena */
+
+struct grow {
+	pthread_barrier_t start;
+	dynstack_t *s[GROW_THREADS][GROW_STACKS];
+	_Atomic int errors;
+};
+
+struct grow_arg {
+	struct grow *g;
+	int me;
+};
+
+static void *grow_main(void *arg)
+{
+	struct grow_arg *ga = arg;
+	dynstack_attr_t attr;
+
+	dynstack_attr_init(&attr);
+	attr.size = GROW_SIZE;
+	pthread_barrier_wait(&ga->g->start);
+	for (int k = 0; k < GROW_STACKS; k++)
+		if (dynstack_create(&ga->g->s[ga->me][k], &attr))
+			atomic_fetch_add(&ga->g->errors, 1);
+	return NULL;
+}
+
+static int grow_round(struct grow *g)
+{
+	pthread_t th[GROW_THREADS];
+	struct grow_arg ga[GROW_THREADS];
+
+	memset(g->s, 0, sizeof(g->s));
+	g->errors = 0;
+	assert_int_equal(pthread_barrier_init(&g->start, NULL, GROW_THREADS), 0);
+	for (int i = 0; i < GROW_THREADS; i++) {
+		ga[i] = (struct grow_arg){ g, i };
+		assert_int_equal(pthread_create(&th[i], NULL, grow_main, &ga[i]), 0);
+	}
+	for (int i = 0; i < GROW_THREADS; i++)
+		assert_int_equal(pthread_join(th[i], NULL), 0);
+	pthread_barrier_destroy(&g->start);
+	assert_int_equal(atomic_load(&g->errors), 0);
+
+	/* Distinct slots, each mapping to its stack, its top page usable. */
+	struct ds_arena *seen[GROW_THREADS * GROW_STACKS];
+	int nseen = 0;
+	for (int i = 0; i < GROW_THREADS; i++) {
+		for (int k = 0; k < GROW_STACKS; k++) {
+			struct dynstack *s = g->s[i][k];
+			assert_non_null(s);
+			assert_ptr_equal(ds_arena_lookup_sigsafe(s->top - 1), s);
+			assert_ptr_equal(ds_arena_lookup_sigsafe(ds_slot_base(s)), s);
+			((volatile char *)s->top)[-1] = (char)k;
+			int j = 0;
+			while (j < nseen && seen[j] != s->arena)
+				j++;
+			if (j == nseen)
+				seen[nseen++] = s->arena;
+			for (int i2 = 0; i2 < GROW_THREADS; i2++)
+				for (int k2 = 0; k2 < GROW_STACKS; k2++)
+					if ((i2 != i || k2 != k) && g->s[i2][k2] == s)
+						fail_msg("one slot handed out twice");
+		}
+	}
+	return nseen;
+}
+
+static void grow_destroy(struct grow *g)
+{
+	for (int i = 0; i < GROW_THREADS; i++)
+		for (int k = 0; k < GROW_STACKS; k++)
+			assert_int_equal(dynstack_destroy(g->s[i][k]), 0);
+}
+
+static void test_arenas_added_concurrently(void **state)
+{
+	SKIP_IF_WHOLE(); /* 48 stacks of 256 MiB, committed whole: 12 GiB */
+	static struct grow g;
+
+	assert_int_equal(dynstack_init(NULL), 0);
+	uint64_t a0 = stats_now().nr_dynamic_stacks_arenas;
+	int used = grow_round(&g);
+	uint64_t a1 = stats_now().nr_dynamic_stacks_arenas;
+	assert_true(used >= GROW_THREADS * GROW_STACKS / 2);
+	assert_int_equal(a1 - a0, (uint64_t)used);
+	grow_destroy(&g);
+	/* The slots are free (in the caches or on the free list): no arena. */
+	grow_round(&g);
+	assert_int_equal(stats_now().nr_dynamic_stacks_arenas, a1);
+	grow_destroy(&g);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -360,6 +576,11 @@ int main(void)
 		cmocka_unit_test(test_slot_reuse),
 		cmocka_unit_test(test_fault_decision),
 		cmocka_unit_test(test_fault_race_counts_once),
+		cmocka_unit_test(test_slots_concurrent),
+#if DS_FAULT_INJECTION
+		cmocka_unit_test(test_free_list_aba),
+#endif
+		cmocka_unit_test(test_arenas_added_concurrently),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

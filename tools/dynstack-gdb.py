@@ -218,7 +218,8 @@ class Library:
                 arenas.append(a.dereference())
                 a = a["next"]
             for a in reversed(arenas):
-                base, used = int(a["slots"]), int(a["used"])
+                # used counts claims, which run past the end once the arena is full.
+                base, used = int(a["slots"]), min(int(a["used"]), int(a["nslots"]))
                 # Whole chunks of the metadata array at once: one read, not one per field.
                 for start in range(0, used, 1024):
                     n = min(1024, used - start)
