@@ -54,7 +54,7 @@ typedef struct dynstack_config {
 	size_t cache_pages;	    /* committed pages all caches may keep (DYNSTACK_CACHE_PAGES) */
 	size_t trim_batch; /* pages a thread queues before decommitting (DYNSTACK_TRIM_BATCH) */
 	int shared_poison; /* every group poisons, see DYNSTACK_GROUP_POISON (DYNSTACK_SHARED_POISON=1) */
-	int check_handles; /* destroyed coroutines never reused; using one aborts (DYNSTACK_CHECK_HANDLES=1) */
+	int check_handles; /* destroyed handles never reused; using one aborts (DYNSTACK_CHECK_HANDLES=1) */
 } dynstack_config_t;
 
 /* Fill *cfg with the defaults. Returns -EINVAL for NULL. */
@@ -123,8 +123,9 @@ DYNSTACK_API int dynstack_attr_init(dynstack_attr_t *attr);
  * reached vm.max_map_count. */
 DYNSTACK_API int dynstack_create(dynstack_t **out, const dynstack_attr_t *attr);
 /* Release a stack and all its pages. NULL is a no-op returning 0. -EINVAL
- * for a stack already destroyed, -EBUSY for a stack owned by a coroutine
- * (destroy the coroutine instead). */
+ * for a stack already destroyed (until a later create reuses its slot; with
+ * check_handles never, and the call aborts), -EBUSY for a stack owned by a
+ * coroutine (destroy the coroutine instead). */
 DYNSTACK_API int dynstack_destroy(dynstack_t *stack);
 
 /* Initial stack pointer (16-byte aligned, the top of the reservation). */
@@ -370,9 +371,11 @@ DYNSTACK_API dynstack_coro_t *dynstack_coro_current(void);
 DYNSTACK_API int dynstack_group_create(dynstack_group_t **out, const dynstack_attr_t *attr,
 				       unsigned flags);
 /* Free a group and its stack. NULL: 0. -EBUSY while it has coroutines;
- * -EINVAL for a thread's own group (the library frees it at thread exit). */
+ * -EINVAL for a thread's own group (the library frees it at thread exit) or
+ * one already destroyed (docs/api.md, "Destroyed handles"). */
 DYNSTACK_API int dynstack_group_destroy(dynstack_group_t *group);
-/* The group's shared stack (owned by the group), NULL for NULL. */
+/* The group's shared stack (owned by the group), NULL for NULL or a
+ * destroyed group. */
 DYNSTACK_API dynstack_t *dynstack_group_stack(const dynstack_group_t *group);
 /* The group of a shared-mode coroutine; NULL for a private one or NULL. */
 DYNSTACK_API dynstack_group_t *dynstack_coro_group(const dynstack_coro_t *c);

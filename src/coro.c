@@ -145,19 +145,20 @@ void ds_coro_main(void *arg)
 	finish(c);
 }
 
-/* A handle whose coroutine was destroyed: its object is still a coroutine
- * object (type-stable), with status 0. -EINVAL, or with check_handles a
- * message and abort(): the object was never reused, so this is certain. */
-__attribute__((cold, noinline)) int ds_coro_stale(const char *fn, const void *c)
+/* A handle whose object was destroyed: the object is still there
+ * (type-stable), marked dead. -EINVAL, or with check_handles a message and
+ * abort(): the object was never reused, so this is certain. */
+__attribute__((cold, noinline)) int ds_stale_handle(const char *fn, const void *p, const char *what)
 {
 	if (ds_opt.check_handles) {
 		struct ds_buf b = { .len = 0 };
 		ds_buf_str_sigsafe(&b, "libdynstack: ");
 		ds_buf_str_sigsafe(&b, fn);
 		ds_buf_str_sigsafe(&b, "(");
-		ds_buf_hex_sigsafe(&b, (uintptr_t)c);
-		ds_buf_str_sigsafe(&b, "): the coroutine was destroyed "
-				       "(DYNSTACK_CHECK_HANDLES); aborting\n");
+		ds_buf_hex_sigsafe(&b, (uintptr_t)p);
+		ds_buf_str_sigsafe(&b, "): the ");
+		ds_buf_str_sigsafe(&b, what);
+		ds_buf_str_sigsafe(&b, " was destroyed (DYNSTACK_CHECK_HANDLES); aborting\n");
 		ds_buf_write_sigsafe(&b, 2);
 		abort();
 	}
@@ -224,7 +225,8 @@ DYNSTACK_API int dynstack_coro_resume(dynstack_coro_t *c)
 	if (st != DYNSTACK_CORO_SUSPENDED) {
 		if (st == DYNSTACK_CORO_RUNNING || st == DYNSTACK_CORO_NORMAL)
 			return -EBUSY;
-		return st == DYNSTACK_CORO_DEAD ? -EINVAL : ds_coro_stale(__func__, c);
+		return st == DYNSTACK_CORO_DEAD ? -EINVAL :
+						  ds_stale_handle(__func__, c, "coroutine");
 	}
 	ds_san_acquire(&c->status);
 	struct dynstack_group *g = c->group;
@@ -279,7 +281,7 @@ DYNSTACK_API int dynstack_coro_status(const dynstack_coro_t *c)
 	if (!c)
 		return -EINVAL;
 	int st = atomic_load_explicit(&c->status, memory_order_acquire);
-	return st ? st : ds_coro_stale(__func__, c);
+	return st ? st : ds_stale_handle(__func__, c, "coroutine");
 }
 
 void ds_coro_drop_segments(struct dynstack_coro *c)
@@ -303,7 +305,7 @@ DYNSTACK_API int dynstack_coro_destroy(dynstack_coro_t *c)
 	if (st == DYNSTACK_CORO_RUNNING || st == DYNSTACK_CORO_NORMAL)
 		return -EBUSY;
 	if (st != DYNSTACK_CORO_SUSPENDED && st != DYNSTACK_CORO_DEAD)
-		return ds_coro_stale(__func__, c);
+		return ds_stale_handle(__func__, c, "coroutine");
 #if DS_SANITIZE
 	void *fiber = c->san.fiber;
 #endif
@@ -333,7 +335,7 @@ DYNSTACK_API dynstack_t *dynstack_coro_stack(const dynstack_coro_t *c)
 	if (!c)
 		return NULL;
 	if (!atomic_load_explicit(&c->status, memory_order_acquire)) {
-		ds_coro_stale(__func__, c);
+		ds_stale_handle(__func__, c, "coroutine");
 		return NULL;
 	}
 	return c->stack;

@@ -75,9 +75,6 @@ struct dynstack_group {
 #define DS_OWNER_GONE ((const void *)1)
 DS_HIDDEN const void *ds_thread_token(void);
 
-/* coro.c: a destroyed coroutine's handle was passed to fn: -EINVAL, or with
- * check_handles a message and abort(). */
-DS_HIDDEN int ds_coro_stale(const char *fn, const void *c);
 static inline bool ds_coro_destroyed(const struct dynstack_coro *c)
 {
 	return atomic_load_explicit(&c->status, memory_order_acquire) == 0;

@@ -218,6 +218,9 @@ static inline bool ds_stack_whole(const struct dynstack *s)
 	return DS_WHOLE_STACKS_BUILD || s->vg_id != 0;
 }
 DS_HIDDEN void ds_stack_release(struct dynstack *s);
+/* coro.c: the handle p of a destroyed `what` ("stack", "coroutine") was
+ * passed to fn: -EINVAL, or with check_handles a message and abort(). */
+DS_HIDDEN int ds_stale_handle(const char *fn, const void *p, const char *what);
 DS_HIDDEN void ds_stack_discard(struct dynstack *s, uintptr_t edge);
 
 /* ---- cache.c: trims and the stack cache */
@@ -296,6 +299,7 @@ DS_HIDDEN void ds_policy_fork(enum ds_fork_phase ph);
 DS_HIDDEN void ds_trace_fork(enum ds_fork_phase ph); /* trace.c */
 DS_HIDDEN void ds_stats_fork(enum ds_fork_phase ph);
 DS_HIDDEN void ds_arena_fork(enum ds_fork_phase ph);
+DS_HIDDEN void ds_shared_fork(enum ds_fork_phase ph);
 DS_HIDDEN void ds_cache_fork(enum ds_fork_phase ph);
 
 #endif /* DS_INTERNAL_H */

@@ -10,6 +10,7 @@
  * so there is no lock: `busy` is the claim, released by the switch once the
  * leaving coroutine is off the shared stack. */
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -169,6 +170,48 @@ static inline __attribute__((always_inline)) void release(struct dynstack_group 
 
 /* ---- groups */
 
+/* Group objects are never given back to malloc: a destroyed one is marked
+ * dead (stack NULL) and waits on a free list for the next group, so that a
+ * handle used after destroy reads a dead group, not freed memory; with
+ * check_handles it is never reused at all (docs/api.md, "Destroyed
+ * handles"). */
+static pthread_mutex_t groups_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct dynstack_group *groups_free;
+
+static struct dynstack_group *group_alloc(void)
+{
+	pthread_mutex_lock(&groups_lock);
+	struct dynstack_group *g = groups_free;
+	if (g)
+		groups_free = g->owned_next;
+	pthread_mutex_unlock(&groups_lock);
+	if (!g)
+		return calloc(1, sizeof(*g));
+	memset(g, 0, sizeof(*g));
+	return g;
+}
+
+static void group_dealloc(struct dynstack_group *g)
+{
+	g->stack = NULL;
+	if (ds_opt.check_handles)
+		return;
+	pthread_mutex_lock(&groups_lock);
+	g->owned_next = groups_free;
+	groups_free = g;
+	pthread_mutex_unlock(&groups_lock);
+}
+
+void ds_shared_fork(enum ds_fork_phase ph)
+{
+	ds_fork_lock(&groups_lock, ph);
+}
+
+static inline bool group_dead(const struct dynstack_group *g)
+{
+	return !g->stack;
+}
+
 static int group_make(struct dynstack_group **out, const dynstack_attr_t *attr, unsigned flags,
 		      bool thread_own)
 {
@@ -184,16 +227,18 @@ static int group_make(struct dynstack_group **out, const dynstack_attr_t *attr, 
 #if defined(DS_SWITCH_UCONTEXT) && !defined(__x86_64__) && !defined(__aarch64__)
 	return -EOPNOTSUPP; /* ds_ctx_sp cannot find a suspended stack pointer */
 #endif
-	struct dynstack_group *g = calloc(1, sizeof(*g));
+	struct dynstack_group *g = group_alloc();
 	if (!g)
 		return -ENOMEM;
 	if (!a.name)
 		a.name = "shared";
-	rc = ds_stack_create(&g->stack, &a, DS_SLOT_CORO);
+	struct dynstack *s;
+	rc = ds_stack_create(&s, &a, DS_SLOT_CORO);
 	if (rc) {
-		free(g);
+		group_dealloc(g);
 		return rc;
 	}
+	g->stack = s;
 	if (ds_opt.shared_poison)
 		flags |= DYNSTACK_GROUP_POISON;
 	g->flags = flags;
@@ -222,7 +267,7 @@ static void group_free(struct dynstack_group *g)
 	ds_stack_release(g->stack);
 	if (!ds_opt.check_handles)
 		pool_fini(&g->pool);
-	free(g);
+	group_dealloc(g);
 	DS_TSTAT_SUB(nr_shared_groups, 1);
 }
 
@@ -241,6 +286,8 @@ DYNSTACK_API int dynstack_group_destroy(dynstack_group_t *g)
 	bool claimed;
 	if (!g)
 		return 0;
+	if (group_dead(g))
+		return ds_stale_handle(__func__, g, "group");
 	if (g->thread_own)
 		return -EINVAL;
 	int rc = claim(g, false, true, &claimed);
@@ -256,7 +303,13 @@ DYNSTACK_API int dynstack_group_destroy(dynstack_group_t *g)
 
 DYNSTACK_API dynstack_t *dynstack_group_stack(const dynstack_group_t *g)
 {
-	return g ? g->stack : NULL;
+	if (!g)
+		return NULL;
+	if (group_dead(g)) {
+		ds_stale_handle(__func__, g, "group");
+		return NULL;
+	}
+	return g->stack;
 }
 
 void ds_shared_thread_fini(void)
@@ -327,6 +380,8 @@ int ds_shared_coro_create(struct dynstack_coro **out, const dynstack_attr_t *att
 		if (!own_group && (rc = group_make(&own_group, NULL, 0, true)))
 			return rc;
 		g = own_group;
+	} else if (group_dead(g)) {
+		return ds_stale_handle("dynstack_coro_create", g, "group");
 	}
 	if (attr->size > g->stack->top - g->stack->lo)
 		return -EINVAL;
@@ -396,7 +451,7 @@ DYNSTACK_API dynstack_group_t *dynstack_coro_group(const dynstack_coro_t *c)
 	if (!c)
 		return NULL;
 	if (ds_coro_destroyed(c)) {
-		ds_coro_stale(__func__, c);
+		ds_stale_handle(__func__, c, "coroutine");
 		return NULL;
 	}
 	return c->group;
@@ -407,7 +462,7 @@ DYNSTACK_API size_t dynstack_coro_saved(const dynstack_coro_t *c)
 	if (!c)
 		return 0;
 	if (ds_coro_destroyed(c)) {
-		ds_coro_stale(__func__, c);
+		ds_stale_handle(__func__, c, "coroutine");
 		return 0;
 	}
 	return c->group ? c->saved : 0;

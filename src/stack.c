@@ -49,10 +49,12 @@ static void fork_prepare(void)
 	ds_stats_fork(DS_FORK_PREPARE);
 	ds_arena_fork(DS_FORK_PREPARE);
 	ds_cache_fork(DS_FORK_PREPARE);
+	ds_shared_fork(DS_FORK_PREPARE);
 }
 
 static void fork_release(enum ds_fork_phase ph)
 {
+	ds_shared_fork(ph);
 	ds_cache_fork(ph);
 	ds_arena_fork(ph);
 	ds_stats_fork(ph);
@@ -440,9 +442,13 @@ DYNSTACK_API int dynstack_destroy(dynstack_t *s)
 	if (!s)
 		return 0;
 	if (atomic_load_explicit(&s->state, memory_order_acquire) != DS_SLOT_LIVE)
-		return -EINVAL;
+		return ds_stale_handle(__func__, s, "stack");
 	if (s->flags & (DS_SLOT_CORO | DS_SLOT_SEGMENT))
 		return -EBUSY;
+	/* check_handles: the slot is never reused, so a second destroy of
+	 * this handle is always caught (docs/api.md, "Destroyed handles"). */
+	if (ds_opt.check_handles)
+		s->flags |= DS_SLOT_RETIRE;
 	ds_stack_release(s);
 	return 0;
 }

@@ -439,6 +439,13 @@ static void test_destroyed_handle(void **state)
 	assert_int_equal(dynstack_coro_saved(c), 0);
 	assert_int_equal(dynstack_group_destroy(g), 0);
 
+	/* A destroyed group: refused, and no coroutine can be made in it. */
+	assert_int_equal(dynstack_group_destroy(g), -EINVAL);
+	assert_null(dynstack_group_stack(g));
+	dynstack_coro_t *c2 = POISON;
+	assert_int_equal(dynstack_coro_create(&c2, noop_fn, NULL, &attr), -EINVAL);
+	assert_null(c2);
+
 	/* The slot taken by a plain stack: the handle still reads destroyed. */
 	assert_int_equal(dynstack_coro_create(&c, noop_fn, NULL, NULL), 0);
 	assert_int_equal(dynstack_coro_destroy(c), 0);
@@ -465,6 +472,34 @@ static dynstack_coro_t *destroyed_coro(void)
 
 static int stale_mode(const char *op)
 {
+	if (!strcmp(op, "--stale-stack-destroy")) {
+		dynstack_t *s;
+		if (dynstack_create(&s, NULL) || dynstack_destroy(s))
+			return 2;
+		dynstack_destroy(s);
+		return 5;
+	}
+	if (!strcmp(op, "--stale-group")) {
+		dynstack_group_t *g;
+		if (dynstack_group_create(&g, NULL, 0) || dynstack_group_destroy(g))
+			return 2;
+		dynstack_group_destroy(g);
+		return 5;
+	}
+	if (!strcmp(op, "--stale-stack-reuse")) {
+		enum {
+			N = 512
+		};
+		static dynstack_t *seen[N];
+		for (int i = 0; i < N; i++) {
+			if (dynstack_create(&seen[i], NULL) || dynstack_destroy(seen[i]))
+				return 2;
+			for (int j = 0; j < i; j++)
+				if (seen[j] == seen[i])
+					return 3;
+		}
+		return 0;
+	}
 	if (!strcmp(op, "--stale-reuse")) {
 		/* No object is handed out twice: every handle stays checkable. */
 		enum {
@@ -515,6 +550,8 @@ static void test_destroyed_handle_checked(void **state)
 		{ "--stale-status", "dynstack_coro_status(" },
 		{ "--stale-stack", "dynstack_coro_stack(" },
 		{ "--stale-shared", "dynstack_coro_resume(" },
+		{ "--stale-stack-destroy", "dynstack_destroy(" },
+		{ "--stale-group", "dynstack_group_destroy(" },
 	};
 	char err[4096];
 	int status;
@@ -526,9 +563,13 @@ static void test_destroyed_handle_checked(void **state)
 			fail_msg("%s: child %s; stderr:\n%s", cases[i].mode,
 				 describe_status(status), err);
 	}
-	assert_int_equal(run_self("--stale-reuse", check_env, &status, err, sizeof(err)), 0);
-	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-		fail_msg("--stale-reuse: child %s; stderr:\n%s", describe_status(status), err);
+	static const char *const reuse[] = { "--stale-reuse", "--stale-stack-reuse" };
+	for (size_t i = 0; i < sizeof(reuse) / sizeof(reuse[0]); i++) {
+		assert_int_equal(run_self(reuse[i], check_env, &status, err, sizeof(err)), 0);
+		if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+			fail_msg("%s: child %s; stderr:\n%s", reuse[i], describe_status(status),
+				 err);
+	}
 }
 
 int main(int argc, char **argv)
