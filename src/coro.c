@@ -145,26 +145,6 @@ void ds_coro_main(void *arg)
 	finish(c);
 }
 
-/* A handle whose object was destroyed: the object is still there
- * (type-stable), marked dead. -EINVAL, or with check_handles a message and
- * abort(): the object was never reused, so this is certain. */
-__attribute__((cold, noinline)) int ds_stale_handle(const char *fn, const void *p, const char *what)
-{
-	if (ds_opt.check_handles) {
-		struct ds_buf b = { .len = 0 };
-		ds_buf_str_sigsafe(&b, "libdynstack: ");
-		ds_buf_str_sigsafe(&b, fn);
-		ds_buf_str_sigsafe(&b, "(");
-		ds_buf_hex_sigsafe(&b, (uintptr_t)p);
-		ds_buf_str_sigsafe(&b, "): the ");
-		ds_buf_str_sigsafe(&b, what);
-		ds_buf_str_sigsafe(&b, " was destroyed (DYNSTACK_CHECK_HANDLES); aborting\n");
-		ds_buf_write_sigsafe(&b, 2);
-		abort();
-	}
-	return -EINVAL;
-}
-
 DYNSTACK_API int dynstack_coro_create(dynstack_coro_t **out, dynstack_coro_fn fn, void *arg,
 				      const dynstack_attr_t *attr)
 {
@@ -319,8 +299,6 @@ DYNSTACK_API int dynstack_coro_destroy(dynstack_coro_t *c)
 		 * arena): a stale handle reads status 0 until a later create
 		 * takes the slot; with check_handles, never again. */
 		atomic_store_explicit(&c->status, 0, memory_order_release);
-		if (ds_opt.check_handles)
-			c->stack->flags |= DS_SLOT_RETIRE;
 		ds_stack_release(c->stack);
 	}
 #if DS_SANITIZE
@@ -332,12 +310,8 @@ DYNSTACK_API int dynstack_coro_destroy(dynstack_coro_t *c)
 
 DYNSTACK_API dynstack_t *dynstack_coro_stack(const dynstack_coro_t *c)
 {
-	if (!c)
+	if (!c || ds_coro_stale(c, __func__))
 		return NULL;
-	if (!atomic_load_explicit(&c->status, memory_order_acquire)) {
-		ds_stale_handle(__func__, c, "coroutine");
-		return NULL;
-	}
 	return c->stack;
 }
 

@@ -75,9 +75,15 @@ struct dynstack_group {
 #define DS_OWNER_GONE ((const void *)1)
 DS_HIDDEN const void *ds_thread_token(void);
 
-static inline bool ds_coro_destroyed(const struct dynstack_coro *c)
+/* True for a destroyed coroutine (status 0), after ds_stale_handle has had
+ * its say (with check_handles it aborts): for accessors that return NULL
+ * or 0 for one. */
+static inline bool ds_coro_stale(const struct dynstack_coro *c, const char *fn)
 {
-	return atomic_load_explicit(&c->status, memory_order_acquire) == 0;
+	if (atomic_load_explicit(&c->status, memory_order_acquire))
+		return false;
+	ds_stale_handle(fn, c, "coroutine");
+	return true;
 }
 
 /* coro.c: the first code of every coroutine; reads fn and arg from the top

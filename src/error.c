@@ -1,6 +1,7 @@
 /* Error names and async-signal-safe text formatting: the fault handler's
  * reports are built here, so nothing in this file may call stdio or malloc. */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -99,4 +100,24 @@ int ds_buf_write_sigsafe(const struct ds_buf *b, int fd)
 		off += (size_t)n;
 	}
 	return 0;
+}
+
+/* A handle whose object was destroyed: the object is still there
+ * (type-stable), marked dead. -EINVAL, or with check_handles a message and
+ * abort(): the object was never reused, so this is certain. */
+__attribute__((cold, noinline)) int ds_stale_handle(const char *fn, const void *p, const char *what)
+{
+	if (ds_opt.check_handles) {
+		struct ds_buf b = { .len = 0 };
+		ds_buf_str_sigsafe(&b, "libdynstack: ");
+		ds_buf_str_sigsafe(&b, fn);
+		ds_buf_str_sigsafe(&b, "(");
+		ds_buf_hex_sigsafe(&b, (uintptr_t)p);
+		ds_buf_str_sigsafe(&b, "): the ");
+		ds_buf_str_sigsafe(&b, what);
+		ds_buf_str_sigsafe(&b, " was destroyed (DYNSTACK_CHECK_HANDLES); aborting\n");
+		ds_buf_write_sigsafe(&b, 2);
+		abort();
+	}
+	return -EINVAL;
 }

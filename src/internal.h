@@ -40,7 +40,7 @@ struct ds_options {
 	size_t cache_pages;
 	size_t trim_batch;
 	bool shared_poison; /* DYNSTACK_SHARED_POISON=1: every group poisons */
-	bool check_handles; /* DYNSTACK_CHECK_HANDLES=1: coroutine objects never reused */
+	bool check_handles; /* DYNSTACK_CHECK_HANDLES=1: destroyed handles never reused */
 };
 DS_HIDDEN extern struct ds_options ds_opt;
 /* Apply DYNSTACK_* environment variables on top of *cfg. Returns 0 or
@@ -101,6 +101,9 @@ DS_HIDDEN void ds_buf_dec_sigsafe(struct ds_buf *b, uint64_t v);
 DS_HIDDEN void ds_buf_hex_sigsafe(struct ds_buf *b, uint64_t v);
 /* Write all of b to fd; returns 0 or -errno. */
 DS_HIDDEN int ds_buf_write_sigsafe(const struct ds_buf *b, int fd);
+/* The handle p of a destroyed `what` ("stack", "coroutine", "group") was
+ * passed to fn: -EINVAL, or with check_handles a message and abort(). */
+DS_HIDDEN int ds_stale_handle(const char *fn, const void *p, const char *what);
 
 /* ---- os-linux.c: the only syscalls */
 DS_HIDDEN size_t ds_os_page_size(void);
@@ -218,9 +221,6 @@ static inline bool ds_stack_whole(const struct dynstack *s)
 	return DS_WHOLE_STACKS_BUILD || s->vg_id != 0;
 }
 DS_HIDDEN void ds_stack_release(struct dynstack *s);
-/* coro.c: the handle p of a destroyed `what` ("stack", "coroutine") was
- * passed to fn: -EINVAL, or with check_handles a message and abort(). */
-DS_HIDDEN int ds_stale_handle(const char *fn, const void *p, const char *what);
 DS_HIDDEN void ds_stack_discard(struct dynstack *s, uintptr_t edge);
 
 /* ---- cache.c: trims and the stack cache */

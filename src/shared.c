@@ -450,10 +450,8 @@ DYNSTACK_API dynstack_group_t *dynstack_coro_group(const dynstack_coro_t *c)
 {
 	if (!c)
 		return NULL;
-	if (ds_coro_destroyed(c)) {
-		ds_stale_handle(__func__, c, "coroutine");
+	if (ds_coro_stale(c, __func__))
 		return NULL;
-	}
 	return c->group;
 }
 
@@ -461,10 +459,8 @@ DYNSTACK_API size_t dynstack_coro_saved(const dynstack_coro_t *c)
 {
 	if (!c)
 		return 0;
-	if (ds_coro_destroyed(c)) {
-		ds_stale_handle(__func__, c, "coroutine");
+	if (ds_coro_stale(c, __func__))
 		return 0;
-	}
 	return c->group ? c->saved : 0;
 }
 

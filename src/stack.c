@@ -397,6 +397,12 @@ void ds_stack_release(struct dynstack *s)
 	s->vg_id = 0;
 	/* A trim queued on some thread must not act on it any more. */
 	ds_trim_claim(s);
+	/* check_handles: a slot whose handle the user held (a stack, a
+	 * coroutine's, a group's) is never reused, so every later use of the
+	 * handle is caught (docs/api.md, "Destroyed handles"). Segments are
+	 * the library's own. */
+	if (ds_opt.check_handles && !(s->flags & DS_SLOT_SEGMENT))
+		s->flags |= DS_SLOT_RETIRE;
 	/* ASan: frames abandoned on it (a destroyed suspended coroutine's)
 	 * keep their redzones poisoned in shadow memory, which a decommit does
 	 * not clear; the slot's next stack would hit them. */
@@ -445,10 +451,6 @@ DYNSTACK_API int dynstack_destroy(dynstack_t *s)
 		return ds_stale_handle(__func__, s, "stack");
 	if (s->flags & (DS_SLOT_CORO | DS_SLOT_SEGMENT))
 		return -EBUSY;
-	/* check_handles: the slot is never reused, so a second destroy of
-	 * this handle is always caught (docs/api.md, "Destroyed handles"). */
-	if (ds_opt.check_handles)
-		s->flags |= DS_SLOT_RETIRE;
 	ds_stack_release(s);
 	return 0;
 }

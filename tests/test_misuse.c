@@ -470,6 +470,17 @@ static dynstack_coro_t *destroyed_coro(void)
 	return c;
 }
 
+#define REUSE_N 512
+
+static bool all_distinct(void *const *v, int n)
+{
+	for (int i = 0; i < n; i++)
+		for (int j = 0; j < i; j++)
+			if (v[j] == v[i])
+				return false;
+	return true;
+}
+
 static int stale_mode(const char *op)
 {
 	if (!strcmp(op, "--stale-stack-destroy")) {
@@ -487,32 +498,21 @@ static int stale_mode(const char *op)
 		return 5;
 	}
 	if (!strcmp(op, "--stale-stack-reuse")) {
-		enum {
-			N = 512
-		};
-		static dynstack_t *seen[N];
-		for (int i = 0; i < N; i++) {
-			if (dynstack_create(&seen[i], NULL) || dynstack_destroy(seen[i]))
+		static void *seen[REUSE_N];
+		for (int i = 0; i < REUSE_N; i++) {
+			dynstack_t *s;
+			if (dynstack_create(&s, NULL) || dynstack_destroy(s))
 				return 2;
-			for (int j = 0; j < i; j++)
-				if (seen[j] == seen[i])
-					return 3;
+			seen[i] = s;
 		}
-		return 0;
+		return all_distinct(seen, REUSE_N) ? 0 : 3;
 	}
 	if (!strcmp(op, "--stale-reuse")) {
 		/* No object is handed out twice: every handle stays checkable. */
-		enum {
-			N = 512
-		};
-		static dynstack_coro_t *seen[N];
-		for (int i = 0; i < N; i++) {
+		static void *seen[REUSE_N];
+		for (int i = 0; i < REUSE_N; i++)
 			seen[i] = destroyed_coro();
-			for (int j = 0; j < i; j++)
-				if (seen[j] == seen[i])
-					return 3;
-		}
-		return 0;
+		return all_distinct(seen, REUSE_N) ? 0 : 3;
 	}
 	dynstack_coro_t *c = destroyed_coro();
 	if (!strcmp(op, "--stale-resume"))
