@@ -219,11 +219,12 @@ static int bad_env_child(void *arg)
 static void test_env_invalid(void **state)
 {
 	static const char *const cases[][2] = {
-		{ "DYNSTACK_BACKEND", "bogus" }, { "DYNSTACK_BACKEND", "guard2" },
-		{ "DYNSTACK_SIZE", "16x" },	 { "DYNSTACK_SIZE", "0" },
-		{ "DYNSTACK_SIZE", "-4096" },	 { "DYNSTACK_SIZE", "2g" },
-		{ "DYNSTACK_SIZE", "k" },	 { "DYNSTACK_SIZE", "99999999999999999999" },
-		{ "DYNSTACK_STATS", "yes" },	 { "DYNSTACK_STATS", "2" },
+		{ "DYNSTACK_BACKEND", "bogus" },    { "DYNSTACK_BACKEND", "guard2" },
+		{ "DYNSTACK_SIZE", "16x" },	    { "DYNSTACK_SIZE", "0" },
+		{ "DYNSTACK_SIZE", "-4096" },	    { "DYNSTACK_SIZE", "2g" },
+		{ "DYNSTACK_SIZE", "k" },	    { "DYNSTACK_SIZE", "99999999999999999999" },
+		{ "DYNSTACK_STATS", "yes" },	    { "DYNSTACK_STATS", "2" },
+		{ "DYNSTACK_CHECK_HANDLES", "on" }, { "DYNSTACK_CHECK_HANDLES", "2" },
 	};
 	int status;
 
