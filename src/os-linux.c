@@ -319,9 +319,10 @@ unsigned ds_os_valgrind_stack_register(uintptr_t lo, uintptr_t hi)
 {
 #if DS_HAVE_VALGRIND_H
 	/* Valgrind tells a stack switch from a big frame by the distance the
-	 * stack pointer moves; a registered stack makes it sure. */
+	 * stack pointer moves; a registered stack makes it sure. [lo, hi):
+	 * Valgrind's end is the highest byte, included. */
 	if (RUNNING_ON_VALGRIND)
-		return VALGRIND_STACK_REGISTER(lo, hi) + 1; /* its ids start at 0 */
+		return VALGRIND_STACK_REGISTER(lo, hi - 1) + 1; /* its ids start at 0 */
 #endif
 	(void)lo;
 	(void)hi;

@@ -25,7 +25,8 @@
  * all, default 100000; 10000 under TSan), STRESS_LIVE (alive at once,
  * default 4000; 1000 under TSan) and STRESS_SECONDS (no coroutine is
  * created after that many seconds, default 60; 90 under TSan: the bound on
- * a slow machine).
+ * a slow machine). STRESS_STORM=0 or 1 turns the timer storm off or on; it
+ * is on by default, except under Valgrind (see storm_default).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -718,6 +719,19 @@ static long env_long(const char *name, long def, long lo, long hi)
 	return x;
 }
 
+/* Under Valgrind the storm is off by default: Memcheck 3.19 loses track
+ * of a thread's stack when the thread gets Valgrind's lock back while its
+ * handler runs on a sigaltstack, and after sigreturn leaves the next frame
+ * made with a variable stack adjustment unaddressable. That reports invalid
+ * writes in correct code (1 run in 12 here), with no coroutine involved:
+ * tests/valgrind_altstack.c shows it with two plain threads, and CI runs it
+ * to notice when the Valgrind in use no longer has the bug
+ * (docs/tools.md, "Memcheck and signals on an alternate stack"). */
+static bool storm_default(void)
+{
+	return !under_valgrind();
+}
+
 static double now_s(void)
 {
 	struct timespec ts;
@@ -735,6 +749,14 @@ static void test_stress(void **state)
 	st.total = (uint32_t)env_long("STRESS_COROS", UNDER_TSAN ? 10000 : 100000, 100, 10000000);
 	st.live_max = (uint32_t)env_long("STRESS_LIVE", UNDER_TSAN ? 1000 : 4000, 10, 20000);
 	st.seconds = (double)env_long("STRESS_SECONDS", UNDER_TSAN ? 90 : 60, 1, 3600);
+	bool storm = env_long("STRESS_STORM", storm_default(), 0, 1);
+	if (!storm)
+		print_message("stress: no timer storm (%s)\n",
+			      getenv("STRESS_STORM") && *getenv("STRESS_STORM") ?
+				      "STRESS_STORM=0" :
+				      "off by default under Valgrind: Memcheck loses a "
+				      "thread's stack after a handler on a sigaltstack; "
+				      "STRESS_STORM=1 to run it");
 	st.ps = page_size();
 	for (size_t i = 0; i < NPOLICIES; i++)
 		if (policies[i])
@@ -785,14 +807,16 @@ static void test_stress(void **state)
 	sigset_t alrm;
 	sigemptyset(&alrm);
 	sigaddset(&alrm, SIGALRM);
-	assert_int_equal(pthread_sigmask(SIG_BLOCK, &alrm, NULL), 0);
 	struct sigaction act, old;
-	memset(&act, 0, sizeof(act));
-	act.sa_handler = on_tick;
-	act.sa_flags = SA_RESTART;
-	sigemptyset(&act.sa_mask);
-	assert_int_equal(dynstack_sigaction(SIGALRM, &act, &old), 0);
-	set_timer(TIMER_USEC);
+	if (storm) {
+		assert_int_equal(pthread_sigmask(SIG_BLOCK, &alrm, NULL), 0);
+		memset(&act, 0, sizeof(act));
+		act.sa_handler = on_tick;
+		act.sa_flags = SA_RESTART;
+		sigemptyset(&act.sa_mask);
+		assert_int_equal(dynstack_sigaction(SIGALRM, &act, &old), 0);
+		set_timer(TIMER_USEC);
+	}
 
 	bool paused_once = false;
 	pthread_mutex_lock(&st.lock);
@@ -826,13 +850,15 @@ static void test_stress(void **state)
 	double elapsed = now_s() - start;
 
 	/* Stop the storm; SIG_IGN drops a tick still pending for this thread. */
-	set_timer(0);
-	struct sigaction ign;
-	memset(&ign, 0, sizeof(ign));
-	ign.sa_handler = SIG_IGN;
-	assert_int_equal(dynstack_sigaction(SIGALRM, &ign, NULL), 0);
-	assert_int_equal(dynstack_sigaction(SIGALRM, &old, NULL), 0);
-	assert_int_equal(pthread_sigmask(SIG_UNBLOCK, &alrm, NULL), 0);
+	if (storm) {
+		set_timer(0);
+		struct sigaction ign;
+		memset(&ign, 0, sizeof(ign));
+		ign.sa_handler = SIG_IGN;
+		assert_int_equal(dynstack_sigaction(SIGALRM, &ign, NULL), 0);
+		assert_int_equal(dynstack_sigaction(SIGALRM, &old, NULL), 0);
+		assert_int_equal(pthread_sigmask(SIG_UNBLOCK, &alrm, NULL), 0);
+	}
 
 	for (int g = 0; g < NGROUPS; g++)
 		assert_int_equal(dynstack_group_destroy(st.groups[g]), 0);
@@ -911,7 +937,10 @@ static void test_stress(void **state)
 	 * sync stack wherever the thread had one. TSan runs a handler later, at
 	 * a point of its choosing, on whatever stack the thread is on then:
 	 * there only the count is checked. */
-	assert_true(st.signals > 0);
+	if (storm)
+		assert_true(st.signals > 0);
+	else
+		assert_int_equal(st.signals, 0);
 	assert_int_equal(st.handler_bad, 0);
 	if (!UNDER_TSAN) {
 		assert_int_equal(st.on_green, 0);
