@@ -752,11 +752,10 @@ static void test_stress(void **state)
 	bool storm = env_long("STRESS_STORM", storm_default(), 0, 1);
 	if (!storm)
 		print_message("stress: no timer storm (%s)\n",
-			      getenv("STRESS_STORM") && *getenv("STRESS_STORM") ?
-				      "STRESS_STORM=0" :
-				      "off by default under Valgrind: Memcheck loses a "
-				      "thread's stack after a handler on a sigaltstack; "
-				      "STRESS_STORM=1 to run it");
+			      storm_default() ? "STRESS_STORM=0" :
+						"off by default under Valgrind: Memcheck loses a "
+						"thread's stack after a handler on a sigaltstack; "
+						"STRESS_STORM=1 to run it");
 	st.ps = page_size();
 	for (size_t i = 0; i < NPOLICIES; i++)
 		if (policies[i])
